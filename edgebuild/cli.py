@@ -1,0 +1,124 @@
+"""The ``edgebuild`` command line: the only place exceptions become exit codes.
+
+``edgebuild --target rpi4`` builds ``./edgebuild.toml`` (or the default recipe);
+``edgebuild build``, ``edgebuild targets`` and ``edgebuild recipes`` do what they say.
+This module must not import TensorFlow: ``--help`` and the listings stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from edgebuild import __version__
+from edgebuild.errors import EXIT_CONFIG, EdgebuildError
+from edgebuild.schema import builtin_names, find_file, load_recipe, load_target
+
+DEFAULT_RECIPE = "mnist"
+PROJECT_RECIPE = "edgebuild.toml"
+
+
+def _build(recipe: str | None, target: str, out: Path | None, quiet: bool) -> None:
+    from edgebuild.pipeline import default_out, resolve, run_build
+    from edgebuild.progress import Reporter
+    from edgebuild.stages.report import budget_table
+
+    project = Path.cwd()
+    if recipe is None:
+        recipe = PROJECT_RECIPE if (project / PROJECT_RECIPE).is_file() else DEFAULT_RECIPE
+    loaded_recipe, loaded_target = resolve(recipe, target, project)
+    out_path = out if out is not None else default_out(loaded_recipe, loaded_target, project)
+    reporter = Reporter(quiet=quiet)
+    if not quiet:
+        reporter.note(f"building recipe {loaded_recipe.name} ({loaded_recipe.source}) for {loaded_target.name}")
+    report = run_build(loaded_recipe, loaded_target, out_path, reporter)
+    if not quiet:
+        reporter.table(budget_table(report["budgets"]))
+    artifact = report["artifact"]
+    arena = f", arena {artifact['arena_bytes']:,} B" if artifact.get("arena_bytes") else ""
+    click.echo(
+        f"built {loaded_recipe.name} for {loaded_target.name} in {out_path}: model.tflite "
+        f"{artifact['tflite_bytes']:,} B {artifact['precision']}{arena}, accuracy {artifact['accuracy']:.2%} "
+        f"(float {report['teacher']['accuracy']:.2%}), sparsity {artifact['sparsity']:.1%}, all budgets met"
+    )
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-t", "--target", help="Target profile: a name (see `edgebuild targets`) or a .toml path.")
+@click.option("-r", "--recipe", help="Recipe: a name or a .toml path [default: ./edgebuild.toml, else mnist].")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
+@click.version_option(__version__, prog_name="edgebuild")
+@click.pass_context
+def cli(ctx: click.Context, target: str | None, recipe: str | None, out: Path | None, quiet: bool) -> None:
+    """Build, compress, convert and validate a model for an edge device.
+
+    \b
+    edgebuild --target rpi4              build ./edgebuild.toml (or the mnist recipe) for a Raspberry Pi 4
+    edgebuild build -r digits -t cortex-m4
+    edgebuild targets | edgebuild recipes
+    """
+    if ctx.invoked_subcommand is not None:
+        if target or recipe or out:
+            raise click.UsageError("put --target/--recipe/--out after the subcommand")
+        return
+    if target is None:
+        raise click.UsageError("no target given; try `edgebuild --target rpi4` (`edgebuild targets` lists them)")
+    _build(recipe, target, out, quiet)
+
+
+@cli.command("build")
+@click.option("-t", "--target", required=True, help="Target profile name or .toml path.")
+@click.option("-r", "--recipe", help="Recipe name or .toml path [default: ./edgebuild.toml, else mnist].")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
+def build_command(target: str, recipe: str | None, out: Path | None, quiet: bool) -> None:
+    """Build a recipe for a target."""
+    _build(recipe, target, out, quiet)
+
+
+@cli.command("targets")
+def targets_command() -> None:
+    """List the target profiles, one line each."""
+    project = Path.cwd()
+    names = sorted(set(builtin_names("targets")) | {p.stem for p in (project / "targets").glob("*.toml")})
+    for name in names:
+        target = load_target(find_file("targets", name, project))
+        sparsity = f"{target.sparsity.target:.0%} {target.sparsity.structure}" if target.sparsity.target else "none"
+        click.echo(
+            f"{target.name:<12} {target.runtime:<7} {target.precision.mode:<8} sparsity {sparsity:<17} "
+            f"{target.description}"
+        )
+
+
+@cli.command("recipes")
+def recipes_command() -> None:
+    """List the recipes, one line each."""
+    project = Path.cwd()
+    names = sorted(set(builtin_names("recipes")) | {p.stem for p in (project / "recipes").glob("*.toml")})
+    for name in names:
+        recipe = load_recipe(find_file("recipes", name, project))
+        click.echo(f"{name:<12} {recipe.description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map user-facing errors to one line on stderr and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="edgebuild", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("edgebuild: interrupted; the previous artifacts were left as they were", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("edgebuild: interrupted; the previous artifacts were left as they were", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(EXIT_CONFIG if e.exit_code == 2 else e.exit_code)
+    except EdgebuildError as e:
+        click.echo(f"edgebuild: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(0)

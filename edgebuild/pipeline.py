@@ -1,0 +1,163 @@
+"""The driver: run the stages in order for one recipe and target, then publish atomically.
+
+    preflight → baseline → distill → prune → qat → convert → emit → validate → report
+
+Stages write into a private temporary folder beside the output folder; only when
+every stage succeeded and every budget is met does that folder replace the output
+folder, in one atomic exchange. A failure leaves the previous artifacts as they were.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgebuild.context import BuildContext
+from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
+from edgebuild.progress import Reporter
+from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
+from edgebuild.tf import seed_everything
+from edgebuild.stages import baseline, convert, distill, emit, preflight, prune, qat, report, validate
+
+STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
+    ("preflight", preflight.run),
+    ("baseline", baseline.run),
+    ("distill", distill.run),
+    ("prune", prune.run),
+    ("qat", qat.run),
+    ("convert", convert.run),
+    ("emit", emit.run),
+    ("validate", validate.run),
+    ("report", report.run),
+]
+
+_RENAME_EXCHANGE = 2
+
+
+def folder_name(name: str) -> str:
+    """A safe folder name for a recipe or target name (no separators, no leading dot)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")
+    return safe[:100] or "unnamed"
+
+
+def default_out(recipe: Recipe, target: Target, root: Path) -> Path:
+    """``root/build/<recipe>/<target>``."""
+    return root / "build" / folder_name(recipe.name) / folder_name(target.name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two folders (Linux renameat2); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(result == 0)
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move the finished ``work`` folder to ``out``, replacing what was there, atomically."""
+    if out.exists() and _exchange(work, out):
+        shutil.rmtree(work)  # now holds the previous artifacts
+        return
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old)
+    else:
+        work.rename(out)
+
+
+def _make_work_folder(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ConfigError(
+            f"output folder {out}: cannot write there ({e.strerror})",
+            hint="choose another folder with --out, or fix its permissions",
+        ) from None
+
+
+def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> dict[str, Any]:
+    """Build ``recipe`` for ``target`` into ``out``; return the report.
+
+    Raises EdgebuildError (naming the stage) for user-facing failures and
+    BudgetError (exit 3) when a budget is missed; ``out`` is untouched then.
+    """
+    work = _make_work_folder(out)
+    ctx = BuildContext(recipe=recipe, target=target, out=out, work=work, reporter=reporter)
+    try:
+        for number, (name, stage) in enumerate(STAGES):
+            reporter.stage_start(name)
+            # Every stage starts from its own seed, so it gives the same bytes whatever ran before.
+            seed_everything(recipe.seed * 100 + number)
+            start = time.perf_counter()
+            try:
+                summary = stage(ctx)
+            except EdgebuildError as e:
+                done = ", ".join(s["name"] for s in ctx.stages) or "nothing"
+                if not e.message.startswith(f"{name}:"):
+                    e.message = f"{name}: {e.message}"
+                e.hint = (e.hint + "; " if e.hint else "") + f"stages completed: {done}"
+                raise
+            except OSError as e:
+                if e.errno in (28, 122):  # ENOSPC, EDQUOT
+                    raise BuildError(f"{name}: no space left on the device ({e.filename or out.parent})") from None
+                raise
+            seconds = time.perf_counter() - start
+            ctx.stages.append({"name": name, "seconds": round(seconds, 3), "summary": summary})
+            reporter.stage_end(name, seconds, summary)
+        missed = [b for b in ctx.budgets if not b["ok"]]
+        if missed:
+            reporter.table(report.budget_table(ctx.budgets))
+            raise BudgetError(
+                f"{len(missed)} budget(s) missed for target {target.name}: "
+                + ", ".join(f"{b['name']} (limit {b['limit']:g}, actual {b['actual']:g})" for b in missed),
+                hint="see the table above; the previous artifacts were left as they were",
+            )
+        publish(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return ctx.report
+
+
+def resolve(recipe: str | Path | Recipe, target: str | Path | Target, project: Path) -> tuple[Recipe, Target]:
+    """Turn names or paths into loaded Recipe and Target objects (ConfigError if not found)."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(find_file("recipes", str(recipe), project))
+    if not isinstance(target, Target):
+        target = load_target(find_file("targets", str(target), project))
+    return recipe, target
+
+
+def build(
+    recipe: str | Path | Recipe,
+    target: str | Path | Target,
+    out: str | Path | None = None,
+    *,
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Build a recipe for a target from Python and return the report (as in report.json).
+
+    ``recipe`` and ``target`` are names, paths to TOML files, or loaded objects; ``out``
+    defaults to ``build/<recipe>/<target>`` under the current folder. Raises
+    EdgebuildError (with ``exit_code``) when the build fails or misses a budget.
+    """
+    project = Path.cwd()
+    loaded_recipe, loaded_target = resolve(recipe, target, project)
+    out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
+    return run_build(loaded_recipe, loaded_target, out_path, Reporter(quiet=quiet))

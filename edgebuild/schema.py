@@ -1,0 +1,432 @@
+"""Target profiles and recipes: TOML in, frozen typed objects out, checked in one place.
+
+Every table is a frozen dataclass. ``_parse_table`` turns a TOML table into one,
+rejecting unknown keys (with the nearest valid key as a hint), wrong types and
+out-of-range values; every message names the file and the dotted key. Checks that
+span several fields live in the dataclass's ``_check`` method and raise
+``_Invalid`` with the key to blame, which the loader turns into a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgebuild.errors import ConfigError
+
+BUILTIN_ARCHITECTURES = ("small_cnn", "ds_cnn", "mlp")
+BUILTIN_DATASETS = ("mnist", "digits")
+MAX_TOML_BYTES = 1_000_000
+
+
+class _Invalid(Exception):
+    """A cross-field check failed: ``key`` is the dotted key to blame."""
+
+    def __init__(self, key: str, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+        self.hint = hint
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+# ---------------------------------------------------------------- target profiles
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Data types of the converted model: weights, activations, and the model's input/output."""
+
+    weights: Literal["int8", "float16", "float32"] = "int8"
+    activations: Literal["int8", "float32"] = "int8"
+    io: Literal["int8", "uint8", "float32"] = "int8"
+
+    def _check(self) -> None:
+        if self.mode == "invalid":
+            raise _Invalid(
+                "precision",
+                f"weights={self.weights!r} with activations={self.activations!r} "
+                f"and io={self.io!r} is not a conversion TFLite offers",
+                "use int8/int8 (full integer), int8/float32 (dynamic range), "
+                "float16/float32 or float32/float32; only full integer may have int8 or uint8 io",
+            )
+
+    @property
+    def mode(self) -> str:
+        """The converter mode: ``int8``, ``dynamic``, ``float16``, ``float32`` or ``invalid``."""
+        if self.weights == "int8" and self.activations == "int8":
+            return "int8"
+        if self.io != "float32":
+            return "invalid"
+        if self.activations == "float32":
+            return {"int8": "dynamic", "float16": "float16", "float32": "float32"}[self.weights]
+        return "invalid"
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    """The fraction of weights pruning removes, and the pattern it removes them in."""
+
+    target: float = field(default=0.0, metadata=_range(0.0, 0.95))
+    structure: Literal["unstructured"] = "unstructured"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits the built artifact must meet; a miss fails the build with exit code 3."""
+
+    max_accuracy_drop: float = field(metadata=_range(0.0, 1.0))
+    model_bytes: int | None = field(default=None, metadata=_range(1))
+    arena_bytes: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a microcontroller has in all: the model and arena take a share of it."""
+
+    flash_bytes: int = field(metadata=_range(1))
+    ram_bytes: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class Validate:
+    """How the artifact is validated: which runner, its threads, and the top-1 agreement with reference kernels."""
+
+    runner: Literal["litert-host", "tflm-host"]
+    threads: int = field(default=1, metadata=_range(1, 64))
+    min_top1_agreement: float = field(default=0.99, metadata=_range(0.0, 1.0))
+
+
+RUNNER_FOR_RUNTIME = {"litert": ("litert-host",), "tflm": ("tflm-host",)}
+PRECISION_FOR_RUNTIME = {
+    "litert": ("int8", "dynamic", "float16", "float32"),
+    # TFLM has no float16 or hybrid (dynamic-range) kernels.
+    "tflm": ("int8", "float32"),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device profile: what runs the model there and what the model must fit in."""
+
+    name: str
+    description: str
+    runtime: Literal["litert", "tflm"]
+    cpu: str
+    precision: Precision
+    budgets: Budgets
+    validate: Validate
+    sparsity: Sparsity = Sparsity()
+    memory: Memory | None = None
+    source: str = field(default="", metadata={"internal": True})
+
+    def _check(self) -> None:
+        if self.validate.runner not in RUNNER_FOR_RUNTIME[self.runtime]:
+            raise _Invalid(
+                "validate.runner",
+                f"runner {self.validate.runner!r} cannot run the {self.runtime!r} runtime",
+                f"use {' or '.join(RUNNER_FOR_RUNTIME[self.runtime])}",
+            )
+        if self.precision.mode not in PRECISION_FOR_RUNTIME[self.runtime]:
+            raise _Invalid(
+                "precision",
+                f"the {self.runtime!r} runtime has no kernels for {self.precision.mode} models",
+                f"use one of: {', '.join(PRECISION_FOR_RUNTIME[self.runtime])}",
+            )
+        if self.runtime == "tflm" and self.memory is None:
+            raise _Invalid("memory", "a TFLM target needs a [memory] table", "add flash_bytes and ram_bytes")
+        if self.memory is not None:
+            if self.budgets.model_bytes is not None and self.budgets.model_bytes > self.memory.flash_bytes:
+                raise _Invalid(
+                    "budgets.model_bytes",
+                    f"model_bytes {self.budgets.model_bytes} is more than the device's "
+                    f"flash_bytes {self.memory.flash_bytes}",
+                )
+            if self.budgets.arena_bytes is not None and self.budgets.arena_bytes > self.memory.ram_bytes:
+                raise _Invalid(
+                    "budgets.arena_bytes",
+                    f"arena_bytes {self.budgets.arena_bytes} is more than the device's "
+                    f"ram_bytes {self.memory.ram_bytes}",
+                )
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The float model: a built-in architecture at a width, or a saved Keras model."""
+
+    architecture: str | None = None
+    width: float = field(default=1.0, metadata=_range(0.05, 16.0))
+    path: str | None = None
+
+    def _check(self) -> None:
+        if (self.architecture is None) == (self.path is None):
+            raise _Invalid(
+                "model",
+                "give exactly one of model.architecture and model.path",
+                f"architectures: {', '.join(BUILTIN_ARCHITECTURES)}; or a .keras / .h5 / SavedModel path",
+            )
+        if self.architecture is not None and self.architecture not in BUILTIN_ARCHITECTURES:
+            raise _Invalid(
+                "model.architecture",
+                f"unknown architecture {self.architecture!r}",
+                _suggest(self.architecture, BUILTIN_ARCHITECTURES, "architectures"),
+            )
+
+
+@dataclass(frozen=True)
+class Train:
+    """Float training of the model in [model] (the teacher, when the recipe distills)."""
+
+    epochs: int = field(default=10, metadata=_range(0, 10_000))
+    batch_size: int = field(default=64, metadata=_range(1, 65_536))
+    learning_rate: float = field(default=1e-3, metadata=_range(0.0, 10.0, lo_open=True))
+    validation_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5))
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation: a narrower student learns from the float model's soft labels."""
+
+    student_width: float = field(metadata=_range(0.05, 16.0))
+    student_architecture: str | None = None
+    temperature: float = field(default=4.0, metadata=_range(0.0, 100.0, lo_open=True))
+    alpha: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    epochs: int = field(default=10, metadata=_range(1, 10_000))
+    learning_rate: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
+
+    def _check(self) -> None:
+        arch = self.student_architecture
+        if arch is not None and arch not in BUILTIN_ARCHITECTURES:
+            raise _Invalid(
+                "distill.student_architecture",
+                f"unknown architecture {arch!r}",
+                _suggest(arch, BUILTIN_ARCHITECTURES, "architectures"),
+            )
+
+
+@dataclass(frozen=True)
+class Prune:
+    """TF-MOT magnitude pruning up to the target's sparsity, then stripped."""
+
+    schedule: Literal["polynomial", "constant"] = "polynomial"
+    epochs: int = field(default=4, metadata=_range(1, 10_000))
+    learning_rate: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Qat:
+    """TF-MOT quantization-aware training with the prune-preserving scheme."""
+
+    epochs: int = field(default=3, metadata=_range(1, 10_000))
+    learning_rate: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What to build: a model, a dataset, and the compression plan."""
+
+    name: str
+    dataset: str
+    model: ModelSpec
+    description: str = ""
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    train: Train = Train()
+    distill: Distill | None = None
+    prune: Prune | None = None
+    qat: Qat | None = None
+    source: str = field(default="", metadata={"internal": True})
+
+    def _check(self) -> None:
+        if not self.name.strip():
+            raise _Invalid("name", "the recipe name is empty")
+        kind, _, arg = self.dataset.partition(":")
+        if not ((self.dataset in BUILTIN_DATASETS) or (kind == "npz" and arg)):
+            raise _Invalid(
+                "dataset",
+                f"unknown dataset {self.dataset!r}",
+                _suggest(self.dataset, BUILTIN_DATASETS, "datasets") + " or npz:PATH",
+            )
+        if self.distill is not None and self.distill.student_architecture is None and self.model.path:
+            raise _Invalid(
+                "distill.student_architecture",
+                "a recipe that loads its model from a file must name the student's architecture",
+                f"set distill.student_architecture to one of: {', '.join(BUILTIN_ARCHITECTURES)}",
+            )
+
+    @property
+    def student_architecture(self) -> str | None:
+        """The architecture of the model that gets deployed when the recipe distills."""
+        if self.distill is None:
+            return None
+        return self.distill.student_architecture or self.model.architecture
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else Path(self.source).parent / path
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _suggest(word: str, choices: typing.Iterable[str], what: str) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"valid {what}: {', '.join(choices)}"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            tp.__name__, f"a [{tp.__name__.lower()}] table"
+        )
+    return str(tp)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widened to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, options[0], key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = _suggest(str(value), [str(c) for c in choices], "values")
+            raise _Invalid(key, f"{value!r} is not allowed; expected {_type_name(tp)}", hint)
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Invalid(key, f"expected a [{key}] table, got {type(value).__name__}")
+        return _parse_table(tp, value, key + ".")  # type: ignore[arg-type]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
+        raise _Invalid(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is float and value != value:
+        raise _Invalid(key, "nan is not a number this key accepts")
+    return value
+
+
+def _parse_table(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in table:
+        if key not in fields:
+            raise _Invalid(prefix + key, "unknown key", _suggest(key, fields, "keys"))
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in table:
+            if f.default is dataclasses.MISSING:
+                raise _Invalid(key, "missing required key", f"add {key} ({_type_name(hints[name])})")
+            continue
+        value = _convert(table[name], hints[name], key)
+        bounds = f.metadata
+        if "lo" in bounds and isinstance(value, (int, float)):
+            lo, hi = bounds["lo"], bounds["hi"]
+            too_low = lo is not None and (value <= lo if bounds["lo_open"] else value < lo)
+            if too_low or (hi is not None and value > hi) or value in (float("inf"), float("-inf")):
+                low = "" if lo is None else f"{'>' if bounds['lo_open'] else '>='} {lo}"
+                high = "" if hi is None else f"<= {hi}"
+                raise _Invalid(key, f"{value!r} is out of range; expected {' and '.join(filter(None, [low, high]))}")
+        values[name] = value
+    obj = cls(**values)
+    check = getattr(obj, "_check", None)
+    if check is not None:
+        try:
+            check()
+        except _Invalid as e:
+            raise _Invalid(prefix + e.key if not e.key.startswith(prefix) else e.key, e.message, e.hint) from None
+    return obj
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        if path.stat().st_size > MAX_TOML_BYTES:
+            raise ConfigError(f"{path}: file is larger than {MAX_TOML_BYTES} bytes", hint="is this the right file?")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a .toml file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied", hint="make the file readable") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})", hint="save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}", hint="fix the syntax at that line") from None
+
+
+def _load(cls: type, path: Path) -> Any:
+    table = _read_toml(path)
+    try:
+        obj = _parse_table(cls, table)
+    except _Invalid as e:
+        raise ConfigError(f"{path}: key '{e.key}': {e.message}", hint=e.hint) from None
+    return dataclasses.replace(obj, source=str(path))
+
+
+def load_target(path: Path) -> Target:
+    """Read and check a target profile. Raises ConfigError naming the file and key."""
+    return typing.cast(Target, _load(Target, path))
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and check a recipe. Raises ConfigError naming the file and key."""
+    return typing.cast(Recipe, _load(Recipe, path))
+
+
+# ---------------------------------------------------------------- finding by name
+
+
+def _data_dir(kind: str) -> Path:
+    return Path(__file__).parent / kind
+
+
+def builtin_names(kind: str) -> list[str]:
+    """The names of the shipped ``targets`` or ``recipes``."""
+    return sorted(p.stem for p in _data_dir(kind).glob("*.toml"))
+
+
+def find_file(kind: str, name_or_path: str, project: Path) -> Path:
+    """Resolve a target or recipe given by path or by name.
+
+    A value that looks like a path (has a slash or ends in .toml) is taken as one.
+    A name is looked up in ``project/<kind>/`` first, then among the shipped files.
+    Raises ConfigError with the nearest name when nothing matches.
+    """
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"{kind[:-1]} file {name_or_path!r} does not exist")
+        return path
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name_or_path):
+        raise ConfigError(f"{name_or_path!r} is not a valid {kind[:-1]} name")
+    for folder in (project / kind, _data_dir(kind)):
+        candidate = folder / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(set(builtin_names(kind)) | {p.stem for p in (project / kind).glob("*.toml")})
+    raise ConfigError(
+        f"unknown {kind[:-1]} {name_or_path!r}",
+        hint=_suggest(name_or_path, known, kind) + f"; `edgebuild {kind}` lists them",
+    )

@@ -1,0 +1,119 @@
+"""Preflight: check the recipe against the target before any training.
+
+Reads the recipe, the target and the dataset. Writes ``ctx.dataset``, the fit and
+validation splits, and ``ctx.float_model`` (built or loaded, untrained). Raises
+ConfigError for a dataset or model that does not fit the recipe, and BudgetError
+for a budget the planned model can never meet, however well it trains.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edgebuild.context import BuildContext
+from edgebuild.datasets import load_dataset, split_validation
+from edgebuild.errors import BudgetError, ConfigError
+from edgebuild.models import build_model, load_model
+
+BYTES_PER_WEIGHT = {"int8": 1, "dynamic": 1, "float16": 2, "float32": 4}
+BYTES_PER_ACTIVATION = {"int8": 1, "dynamic": 4, "float16": 4, "float32": 4}
+
+
+def _shape(tensor_shape: Any) -> tuple[int | None, ...]:
+    return tuple(None if d is None else int(d) for d in tensor_shape)
+
+
+def check_model_fits_data(model: Any, input_shape: tuple[int, ...], num_classes: int, where: str) -> None:
+    """The model takes the dataset's samples and has one output per class; ConfigError if not."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ConfigError(
+            f"{where}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs",
+            hint="edgebuild builds single-input, single-output classifiers",
+        )
+    model_in = _shape(model.inputs[0].shape)[1:]
+    if len(model_in) != len(input_shape) or any(m is not None and m != d for m, d in zip(model_in, input_shape)):
+        raise ConfigError(
+            f"{where}: the model takes inputs of shape {model_in} but the dataset's samples are {input_shape}",
+            hint="use a dataset that matches the model, or a model built for this data",
+        )
+    model_out = _shape(model.outputs[0].shape)[1:]
+    if model_out != (num_classes,):
+        raise ConfigError(
+            f"{where}: the model outputs shape {model_out} but the dataset has {num_classes} classes",
+            hint=f"the model's last layer needs {num_classes} units",
+        )
+
+
+def _largest_activation_pair(model: Any) -> int:
+    """Elements of the largest input + output pair of any layer: a lower bound on live activations."""
+    largest = 0
+    for layer in model.layers:
+        try:
+            ins, outs = layer.input_shape, layer.output_shape
+        except (AttributeError, RuntimeError):
+            continue
+        ins_list = ins if isinstance(ins, list) else [ins]
+        outs_list = outs if isinstance(outs, list) else [outs]
+        elements = sum(math.prod(d for d in s[1:] if d) for s in ins_list + outs_list if s)
+        largest = max(largest, elements)
+    return largest
+
+
+def run(ctx: BuildContext) -> str:
+    recipe, target = ctx.recipe, ctx.target
+    data = load_dataset(recipe)
+    ctx.dataset = data
+    ctx.x_fit, ctx.y_fit, ctx.x_val, ctx.y_val = split_validation(
+        data.x_train, data.y_train, recipe.train.validation_fraction
+    )
+    if len(ctx.x_fit) < recipe.train.batch_size:
+        raise ConfigError(
+            f"{recipe.source}: key 'train.batch_size': {recipe.train.batch_size} is more than the "
+            f"{len(ctx.x_fit)} training samples",
+            hint="lower train.batch_size or use more data",
+        )
+
+    where = f"{recipe.source}: key 'model'"
+    if recipe.model.path is not None:
+        ctx.float_model = load_model(recipe.resolve_path(recipe.model.path), where)
+    else:
+        assert recipe.model.architecture is not None
+        ctx.float_model = build_model(recipe.model.architecture, data.input_shape, data.num_classes, recipe.model.width)
+    check_model_fits_data(ctx.float_model, data.input_shape, data.num_classes, where)
+
+    deployed = ctx.float_model
+    if recipe.distill is not None:
+        student_arch = recipe.student_architecture
+        assert student_arch is not None
+        deployed = build_model(student_arch, data.input_shape, data.num_classes, recipe.distill.student_width)
+
+    if target.sparsity.target > 0 and recipe.prune is None:
+        raise BudgetError(
+            f"{target.source}: key 'sparsity.target' asks for {target.sparsity.target:.0%} sparsity "
+            f"but the recipe {recipe.source} has no [prune] table",
+            hint="add a [prune] table to the recipe, or use a target without a sparsity budget",
+        )
+
+    mode = target.precision.mode
+    params = int(deployed.count_params())
+    min_bytes = params * BYTES_PER_WEIGHT[mode]  # unstructured sparsity saves no bytes in a .tflite
+    limit = target.budgets.model_bytes
+    if limit is not None and min_bytes > limit:
+        raise BudgetError(
+            f"{target.source}: key 'budgets.model_bytes': the model to deploy has {params} parameters, "
+            f"so its {mode} .tflite is at least {min_bytes} bytes, more than the budget of {limit}",
+            hint="use a narrower model (model.width or distill.student_width) or a larger budget",
+        )
+    arena_limit = target.budgets.arena_bytes
+    min_arena = _largest_activation_pair(deployed) * BYTES_PER_ACTIVATION[mode]
+    if arena_limit is not None and min_arena > arena_limit:
+        raise BudgetError(
+            f"{target.source}: key 'budgets.arena_bytes': one layer's input and output alone take "
+            f"{min_arena} bytes, more than the arena budget of {arena_limit}",
+            hint="use smaller inputs or a narrower model, or a larger budget",
+        )
+    return (
+        f"{data.name}: {len(ctx.x_fit)} train / {len(ctx.x_val)} validation / {len(data.x_test)} test, "
+        f"{data.num_classes} classes; deployed model {params} parameters, {mode}"
+    )

@@ -1,0 +1,123 @@
+"""Validate: run the artifact on the target's runner and compare with reference kernels.
+
+Reads ``ctx.tflite`` and the held-out test split. Writes ``ctx.artifact`` (accuracy,
+bytes, measured sparsity, TFLM arena) and ``ctx.validation`` (runner, device, output
+differences against LiteRT's reference kernels end to end and op by op, latency).
+Raises BuildError when an op's own kernel differs from the reference by more than
+1 LSB (the runtimes only round requantization differently, so more means something
+is wrong) or when top-1 agreement falls below the profile's minimum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from edgebuild.context import BuildContext
+from edgebuild.errors import BuildError
+from edgebuild.runners import RunResult
+from edgebuild.runners.litert_host import LiteRTHost
+from edgebuild.runners.opcheck import compare_ops
+from edgebuild.runners.tflm_host import TflmHost, find_min_arena
+from edgebuild.tflite import io_details, make_interpreter, op_names, weight_sparsity
+
+MAX_LSB_DIFF = 1
+FLOAT_TOLERANCE = 1e-4
+OPCHECK_SAMPLES = 200
+
+
+def compare_outputs(result: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Differences between two runs' outputs: differing elements, max LSB (integer outputs) and top-1 agreement."""
+    if np.issubdtype(result.dtype, np.integer):
+        diff = np.abs(result.astype(np.int64) - reference.astype(np.int64))
+        differing = diff > 0
+        max_lsb: int | None = int(diff.max()) if diff.size else 0
+        max_abs = float(max_lsb or 0)
+    else:
+        diff_f = np.abs(result.astype(np.float64) - reference.astype(np.float64))
+        differing = diff_f > FLOAT_TOLERANCE * (1.0 + np.abs(reference))
+        max_lsb = None
+        max_abs = float(diff_f.max()) if diff_f.size else 0.0
+    agreement = float(np.mean(np.argmax(result, axis=-1) == np.argmax(reference, axis=-1)))
+    return {
+        "compared_outputs": int(result.size),
+        "mismatched_outputs": int(np.count_nonzero(differing)),
+        "max_lsb_diff": max_lsb,
+        "max_abs_diff": max_abs,
+        "top1_agreement": agreement,
+    }
+
+
+def run(ctx: BuildContext) -> str:
+    target, data = ctx.target, ctx.data
+    interpreter = make_interpreter(ctx.tflite)
+    inputs, outputs = io_details(interpreter)
+    x = inputs[0].quantize(data.x_test)
+    zeros, total = weight_sparsity(interpreter)
+
+    reference = LiteRTHost(reference=True).run(ctx.tflite, x)
+    arena: int | None = None
+    result: RunResult
+    if target.validate.runner == "tflm-host":
+        arena = find_min_arena(ctx.tflite, x[0])
+        result = TflmHost(arena_bytes=arena).run(ctx.tflite, x)
+    else:
+        result = LiteRTHost(threads=target.validate.threads).run(ctx.tflite, x)
+
+    accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == data.y_test))
+    differences = compare_outputs(result.outputs, reference.outputs)
+    ops = op_names(interpreter)
+    ctx.artifact = {
+        "accuracy": accuracy,
+        "tflite_bytes": len(ctx.tflite),
+        "sha256": hashlib.sha256(ctx.tflite).hexdigest(),
+        "precision": target.precision.mode,
+        "sparsity": zeros / total if total else 0.0,
+        "weights": total,
+        "arena_bytes": arena,
+        "ops": {op: ops.count(op) for op in sorted(set(ops))},
+        "inputs": [t.as_dict() for t in inputs],
+        "outputs": [t.as_dict() for t in outputs],
+    }
+    ctx.validation = {
+        "runner": target.validate.runner,
+        "device": result.device,
+        "emulated": result.emulated,
+        "reference": reference.device,
+        "test_samples": len(x),
+        **differences,
+        "latency": result.latency_summary(),
+    }
+    if np.issubdtype(result.outputs.dtype, np.integer):
+        keep_all = arena + sum(
+            int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in interpreter.get_tensor_details()
+        ) if arena is not None else 0
+        ops_compared = compare_ops(ctx.tflite, x[:OPCHECK_SAMPLES], target.runtime, keep_all)
+        ctx.validation["ops"] = ops_compared
+        ctx.validation["max_op_lsb_diff"] = max((r["max_own_lsb"] for r in ops_compared), default=0)
+        wrong = [r for r in ops_compared if r["max_own_lsb"] > MAX_LSB_DIFF]
+        if wrong:
+            r = wrong[0]
+            raise BuildError(
+                f"validate: op #{r['index']} {r['op']} on {target.validate.runner} differs from LiteRT's "
+                f"reference kernel by {r['max_own_lsb']} LSB on identical inputs (more than {MAX_LSB_DIFF})",
+                hint="this is a runtime or converter bug; report it with the model.tflite",
+            )
+    minimum = target.validate.min_top1_agreement
+    if differences["top1_agreement"] < minimum:
+        raise BuildError(
+            f"validate: top-1 agreement with LiteRT's reference kernels is {differences['top1_agreement']:.2%}, "
+            f"below the target's validate.min_top1_agreement of {minimum:.2%}",
+            hint="the runtime disagrees with the reference on many inputs; lower validate.min_top1_agreement only if that is expected",
+        )
+    lsb = differences["max_lsb_diff"]
+    arena_text = f", arena {arena} bytes" if arena is not None else ""
+    return (
+        f"{target.validate.runner}: accuracy {accuracy:.2%}{arena_text}; vs reference kernels "
+        f"{differences['mismatched_outputs']}/{differences['compared_outputs']} outputs differ "
+        f"(max {lsb if lsb is not None else differences['max_abs_diff']}; per op "
+        f"{ctx.validation.get('max_op_lsb_diff', '-')}), "
+        f"top-1 agreement {differences['top1_agreement']:.2%}"
+    )

@@ -1,0 +1,148 @@
+"""How edgebuild trains: plain cross-entropy, or distillation from a float teacher.
+
+The baseline, distill, prune and QAT stages all train through ``fit_model`` so that
+fine-tuning after pruning and during QAT keeps learning from the teacher when the
+recipe distills. TensorFlow is imported when a function here runs, never on import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgebuild.progress import Reporter
+from edgebuild.tf import keras, tf
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Soft targets for distillation: the teacher's logits on the training inputs."""
+
+    logits: np.ndarray
+    temperature: float
+    alpha: float
+
+
+def logits_model(model: Any) -> Any | None:
+    """A model sharing ``model``'s layers that outputs the logits before its final softmax.
+
+    Returns None when the model does not end in a separate softmax layer.
+    """
+    k = keras()
+    last = getattr(model.layers[-1], "layer", model.layers[-1])  # see through TF-MOT wrappers
+    is_softmax = isinstance(last, k.layers.Softmax) or (
+        isinstance(last, k.layers.Activation) and last.get_config().get("activation") == "softmax"
+    )
+    if not is_softmax or len(model.layers) < 2:
+        return None
+    return k.Model(model.inputs, model.layers[-2].output)
+
+
+def teacher_logits(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The teacher's logits on ``x`` (log-probabilities when it has no separate softmax)."""
+    logits = logits_model(model)
+    if logits is not None:
+        return np.asarray(logits.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return np.log(np.clip(probs, 1e-7, 1.0))
+
+
+def predict_classes(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Top-1 class of every input under a Keras model."""
+    return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of a Keras model (0..1); nan for an empty set."""
+    if len(x) == 0:
+        return float("nan")
+    return float(np.mean(predict_classes(model, x) == y))
+
+
+def _distiller(student: Any, temperature: float, alpha: float) -> Any:
+    """A Keras model that trains ``student`` on hard labels and the teacher's soft targets.
+
+    Its fit() takes ``(x, (y, teacher_logits))``; the UpdatePruningStep callback finds the
+    student's pruning wrappers through it, because the student is one of its layers.
+    """
+    k, t = keras(), tf()
+    student_logits = logits_model(student)
+
+    class Distiller(k.Model):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.student = student
+            self.loss_tracker = k.metrics.Mean(name="loss")
+            self.accuracy_tracker = k.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+        def call(self, x: Any, training: bool = False) -> Any:
+            return self.student(x, training=training)
+
+        def _logits(self, x: Any) -> Any:
+            if student_logits is not None:
+                return student_logits(x, training=True)
+            return t.math.log(t.clip_by_value(self.student(x, training=True), 1e-7, 1.0))
+
+        @property
+        def metrics(self) -> list[Any]:
+            return [self.loss_tracker, self.accuracy_tracker]
+
+        def train_step(self, data: Any) -> dict[str, Any]:
+            x, (y, soft) = data
+            with t.GradientTape() as tape:
+                logits = self._logits(x)
+                hard_loss = k.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                soft_loss = k.losses.kl_divergence(
+                    t.nn.softmax(soft / temperature), t.nn.softmax(logits / temperature)
+                ) * (temperature**2)
+                loss = t.reduce_mean(alpha * hard_loss + (1.0 - alpha) * soft_loss)
+                loss += sum(self.student.losses) if self.student.losses else 0.0
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.loss_tracker.update_state(loss)
+            self.accuracy_tracker.update_state(y, logits)
+            return {m.name: m.result() for m in self.metrics}
+
+    return Distiller()
+
+
+def fit_model(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    reporter: Reporter,
+    what: str,
+    teacher: Teacher | None = None,
+    callbacks: tuple[Any, ...] = (),
+) -> None:
+    """Train ``model`` in place for ``epochs`` (cross-entropy, or distillation from ``teacher``).
+
+    Reads the arrays; writes the model's weights; shows an epoch progress bar.
+    """
+    if epochs == 0:
+        return
+    k, t = keras(), tf()
+    optimizer = k.optimizers.Adam(learning_rate)
+    if teacher is None:
+        model.compile(optimizer=optimizer, loss=k.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        trainer, data = model, t.data.Dataset.from_tensor_slices((x, y))
+    else:
+        trainer = _distiller(model, teacher.temperature, teacher.alpha)
+        trainer.compile(optimizer=optimizer)
+        data = t.data.Dataset.from_tensor_slices((x, (y, teacher.logits)))
+    data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+
+    with reporter.epochs(what, epochs) as bar:
+
+        class _Progress(k.callbacks.Callback):  # type: ignore[misc, name-defined]
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                bar.advance({key: float(v) for key, v in (logs or {}).items()})
+
+        trainer.fit(data, epochs=epochs, verbose=0, callbacks=[_Progress(), *callbacks])
