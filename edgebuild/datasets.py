@@ -161,7 +161,7 @@ def _checked(
     missing = sorted(set(range(num_classes)) - set(np.unique(y_train).tolist()))
     if missing:
         raise ConfigError(
-            f"{where}: classes {missing[:5]} appear in y_test but never in y_train",
+            f"{where}: classes {missing[:5]} have no training samples",
             hint="labels must be 0..classes-1, each with training samples",
         )
     return Dataset(x_train, y_train, x_test, y_test, num_classes, tuple(labels), name)
