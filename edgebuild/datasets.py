@@ -182,7 +182,7 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.
 
     Returns ``x_fit, y_fit, x_val, y_val``; with fraction 0 the validation arrays are empty.
     """
-    n_val = int(round(len(x) * fraction))
+    n_val = round(len(x) * fraction)
     if n_val == 0:
         return x, y, x[:0], y[:0]
     return x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]

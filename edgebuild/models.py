@@ -15,7 +15,7 @@ from edgebuild.tf import keras
 
 
 def _channels(base: int, width: float) -> int:
-    return max(1, int(round(base * width)))
+    return max(1, round(base * width))
 
 
 def _small_cnn(layers: Any, shape: tuple[int, ...], classes: int, width: float) -> list[Any]:
@@ -82,7 +82,9 @@ def load_model(path: Path, where: str) -> Any:
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         raise ConfigError(f"{where}: {path} is a folder without saved_model.pb", hint="give a SavedModel folder")
     if path.is_file() and path.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ConfigError(f"{where}: {path} is not a .keras, .h5 or SavedModel", hint="save the model with model.save()")
+        raise ConfigError(
+            f"{where}: {path} is not a .keras, .h5 or SavedModel", hint="save the model with model.save()"
+        )
     try:
         model = keras().models.load_model(str(path), compile=False)
     except Exception as e:  # Keras raises many types for unreadable files

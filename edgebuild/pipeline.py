@@ -23,8 +23,8 @@ from edgebuild.context import BuildContext
 from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
 from edgebuild.progress import Reporter
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
-from edgebuild.tf import seed_everything
 from edgebuild.stages import baseline, convert, distill, emit, preflight, prune, qat, report, validate
+from edgebuild.tf import seed_everything
 
 STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
     ("preflight", preflight.run),
@@ -108,10 +108,11 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
             try:
                 summary = stage(ctx)
             except EdgebuildError as e:
-                done = ", ".join(s["name"] for s in ctx.stages) or "nothing"
                 if not e.message.startswith(f"{name}:"):
                     e.message = f"{name}: {e.message}"
-                e.hint = (e.hint + "; " if e.hint else "") + f"stages completed: {done}"
+                if ctx.stages:
+                    done = ", ".join(s["name"] for s in ctx.stages)
+                    e.hint = (e.hint + "; " if e.hint else "") + f"stages completed: {done}"
                 raise
             except OSError as e:
                 if e.errno in (28, 122):  # ENOSPC, EDQUOT

@@ -317,7 +317,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _parse_table(tp, value, key + ".")  # type: ignore[arg-type]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
         raise _Invalid(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if tp is float and value != value:
         raise _Invalid(key, "nan is not a number this key accepts")

@@ -9,6 +9,7 @@ TensorFlow is first imported and quietens TensorFlow's C++ start-up logging.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import cache
 from typing import Any
 
@@ -21,11 +22,13 @@ def tf() -> Any:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from edgebuild.tflite import captured_stderr
 
+    # The libraries' own deprecation and converter warnings are not the user's to act on.
+    warnings.filterwarnings("ignore", module=r"(tensorflow|tf_keras|tensorflow_model_optimization)(\.|$)")
     with captured_stderr():  # TensorFlow's C++ start-up chatter (CUDA probing, absl)
         import absl.logging
         import tensorflow
-        import tf_keras  # noqa: F401
         import tensorflow_model_optimization  # noqa: F401
+        import tf_keras  # noqa: F401
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     tensorflow.get_logger().setLevel("ERROR")

@@ -90,9 +90,7 @@ def make_interpreter(model: bytes, *, reference: bool = False, threads: int = 1)
     resolver = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
     try:
         with captured_stderr() as log:
-            interpreter = Interpreter(
-                model_content=model, num_threads=threads, experimental_op_resolver_type=resolver
-            )
+            interpreter = Interpreter(model_content=model, num_threads=threads, experimental_op_resolver_type=resolver)
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise BuildError(f"LiteRT cannot load the model: {str(e).strip() or log[0].strip()}") from None
@@ -147,8 +145,8 @@ def io_details(interpreter: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 def op_names(interpreter: Any) -> list[str]:
-    """The builtin op of every node, in execution order."""
-    return [str(op["op_name"]) for op in interpreter._get_ops_details()]
+    """The builtin op of every node of the model, in execution order (delegate nodes left out)."""
+    return [str(op["op_name"]) for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
 
 
 def weight_sparsity(interpreter: Any) -> tuple[int, int]:

@@ -70,7 +70,7 @@ def _distiller(student: Any, temperature: float, alpha: float) -> Any:
     k, t = keras(), tf()
     student_logits = logits_model(student)
 
-    class Distiller(k.Model):  # type: ignore[misc, name-defined]
+    class Distiller(k.Model):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.student = student
@@ -100,7 +100,7 @@ def _distiller(student: Any, temperature: float, alpha: float) -> Any:
                 loss = t.reduce_mean(alpha * hard_loss + (1.0 - alpha) * soft_loss)
                 loss += sum(self.student.losses) if self.student.losses else 0.0
             variables = self.student.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=False))
             self.loss_tracker.update_state(loss)
             self.accuracy_tracker.update_state(y, logits)
             return {m.name: m.result() for m in self.metrics}
@@ -141,7 +141,7 @@ def fit_model(
 
     with reporter.epochs(what, epochs) as bar:
 
-        class _Progress(k.callbacks.Callback):  # type: ignore[misc, name-defined]
+        class _Progress(k.callbacks.Callback):  # type: ignore[name-defined]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
                 bar.advance({key: float(v) for key, v in (logs or {}).items()})
 

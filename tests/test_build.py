@@ -26,7 +26,7 @@ REPORT_KEYS = {
 
 
 def check_report(report: dict, target: str) -> None:  # type: ignore[type-arg]
-    assert REPORT_KEYS <= set(report)
+    assert set(report) >= REPORT_KEYS
     assert report["target"] == target
     for key in ("accuracy", "tflite_bytes"):
         assert key in report["teacher"]
@@ -35,7 +35,15 @@ def check_report(report: dict, target: str) -> None:  # type: ignore[type-arg]
     for key in ("runner", "mismatched_outputs", "max_lsb_diff"):
         assert key in report["validation"]
     assert [s["name"] for s in report["stages"]] == [
-        "preflight", "baseline", "distill", "prune", "qat", "convert", "emit", "validate", "report"
+        "preflight",
+        "baseline",
+        "distill",
+        "prune",
+        "qat",
+        "convert",
+        "emit",
+        "validate",
+        "report",
     ]
     assert all({"name", "limit", "actual", "ok"} <= set(b) for b in report["budgets"])
     assert all(b["ok"] for b in report["budgets"])
@@ -49,8 +57,18 @@ def compile_c_array(folder: Path, tmp_path: Path) -> None:
     )
     exe = tmp_path / "main"
     subprocess.run(
-        ["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{folder}", str(main), str(folder / "model_data.cc"),
-         "-o", str(exe)],
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{folder}",
+            str(main),
+            str(folder / "model_data.cc"),
+            "-o",
+            str(exe),
+        ],
         check=True,
     )
     subprocess.run([str(exe)], check=True)
@@ -61,7 +79,11 @@ def test_digits_for_rpi4_from_the_cli(project: Path, tmp_path: Path) -> None:
     assert result.code == 0, result.err
     out = project / "build" / "digits" / "rpi4"
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.tflite", "model_data.cc", "model_data.h", "report.json", "report.md"
+        "model.tflite",
+        "model_data.cc",
+        "model_data.h",
+        "report.json",
+        "report.md",
     ]
     report = json.loads((out / "report.json").read_text())
     check_report(report, "rpi4")
@@ -117,7 +139,7 @@ def test_budget_missed_exits_3_and_keeps_previous_artifacts(project: Path) -> No
 
 def test_impossible_budget_fails_in_preflight(project: Path) -> None:
     _tight_target(project, 1_000)
-    result = run_cli("build", "-r", "digits", "-t", "tight", cwd=project)
+    result = run_cli("build", "-r", "digits", "-t", "tight", "-q", cwd=project)
     assert_one_line_error(result, 3, "preflight", "budgets.model_bytes", "13706 parameters")
     assert not (project / "build" / "digits" / "tight").exists()
 
@@ -146,9 +168,13 @@ def test_distilled_mlp_on_npz_for_float16(project: Path) -> None:
         "[train]\nepochs = 5\nbatch_size = 32\n[distill]\nstudent_width = 0.25\nepochs = 5\n"
     )
     target = shipped("targets", "rpi4").replace('name = "rpi4"', 'name = "phone-f16"')
-    target = target.replace('weights = "int8"\nactivations = "int8"\nio = "int8"',
-                            'weights = "float16"\nactivations = "float32"\nio = "float32"')
-    target = target.replace("target = 0.5", "target = 0.0").replace("max_accuracy_drop = 0.01", "max_accuracy_drop = 0.05")
+    target = target.replace(
+        'weights = "int8"\nactivations = "int8"\nio = "int8"',
+        'weights = "float16"\nactivations = "float32"\nio = "float32"',
+    )
+    target = target.replace("target = 0.5", "target = 0.0").replace(
+        "max_accuracy_drop = 0.01", "max_accuracy_drop = 0.05"
+    )
     (project / "targets" / "phone-f16.toml").write_text(target)
     result = run_cli("--target", "phone-f16", "--quiet", cwd=project)
     assert result.code == 0, result.err

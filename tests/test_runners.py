@@ -10,34 +10,42 @@ import pytest
 from edgebuild.errors import BuildError
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
-from edgebuild.runners.tflm_host import ARENA_ALIGN, TflmHost, _try_arena, find_min_arena
+from edgebuild.runners.tflm_host import ARENA_ALIGN, TflmHost, find_min_arena, try_arena
 from edgebuild.stages.validate import compare_outputs
 from edgebuild.tf import keras, seed_everything
 from edgebuild.tflite import convert_keras, io_details, make_interpreter, op_names, weight_sparsity
 
 
-@cache
-def tiny_int8() -> tuple[bytes, np.ndarray]:
-    """A small CNN with random weights, half of its kernels zeroed, converted to int8."""
+def tiny_model(zero_depthwise: bool = False) -> tuple[bytes, np.ndarray]:
+    """A small CNN with random weights, every other weight zeroed, converted to int8."""
     seed_everything(0)
     k = keras()
-    model = k.Sequential([
-        k.Input((12, 12, 1)),
-        k.layers.Conv2D(6, 3, activation="relu"),
-        k.layers.DepthwiseConv2D(3, activation="relu"),
-        k.layers.AveragePooling2D(2),
-        k.layers.Flatten(),
-        k.layers.Dense(16, activation="relu"),
-        k.layers.Dense(4),
-        k.layers.Softmax(),
-    ])
+    model = k.Sequential(
+        [
+            k.Input((12, 12, 1)),
+            k.layers.Conv2D(6, 3, activation="relu"),
+            k.layers.DepthwiseConv2D(3, activation="relu"),
+            k.layers.AveragePooling2D(2),
+            k.layers.Flatten(),
+            k.layers.Dense(16, activation="relu"),
+            k.layers.Dense(4),
+            k.layers.Softmax(),
+        ]
+    )
     for layer in model.layers:
         if layer.weights:
             kernel, *rest = layer.get_weights()
-            kernel[..., ::2] = 0.0  # every other output channel / unit is zero
+            kernel.reshape(-1)[::2] = 0.0
+            if zero_depthwise and isinstance(layer, k.layers.DepthwiseConv2D):
+                kernel[:] = 0.0
             layer.set_weights([kernel, *rest])
     x = np.random.default_rng(0).random((64, 12, 12, 1)).astype(np.float32)
     return convert_keras(model, "int8", "int8", x), x
+
+
+@cache
+def tiny_int8() -> tuple[bytes, np.ndarray]:
+    return tiny_model()
 
 
 def test_model_details() -> None:
@@ -46,10 +54,16 @@ def test_model_details() -> None:
     inputs, outputs = io_details(interpreter)
     assert inputs[0].dtype == "int8" and inputs[0].shape == (1, 12, 12, 1) and inputs[0].scale > 0
     assert outputs[0].shape == (1, 4)
-    assert op_names(interpreter) == ["CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "RESHAPE",
-                                     "FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"]
+    assert op_names(interpreter) == [
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "AVERAGE_POOL_2D",
+        "RESHAPE",
+        "FULLY_CONNECTED",
+        "FULLY_CONNECTED",
+        "SOFTMAX",
+    ]
     zeros, total = weight_sparsity(interpreter)
-    # Depthwise kernels have one channel axis too, so half of every kernel is zero.
     assert total == 6 * 9 + 6 * 9 + 96 * 16 + 16 * 4
     assert zeros / total == pytest.approx(0.5, abs=0.02)
 
@@ -59,8 +73,8 @@ def test_min_arena_is_the_smallest_that_works() -> None:
     sample = io_details(make_interpreter(model))[0][0].quantize(x[:1])[0]
     arena = find_min_arena(model, sample)
     assert arena % ARENA_ALIGN == 0
-    assert _try_arena(model, arena, sample)[0]
-    assert not _try_arena(model, arena - ARENA_ALIGN, sample)[0]
+    assert try_arena(model, arena, sample)
+    assert not try_arena(model, arena - ARENA_ALIGN, sample)
 
 
 def test_tflm_matches_reference_kernels() -> None:
@@ -84,6 +98,14 @@ def test_compare_outputs_counts_lsb() -> None:
     b = np.array([[1, 2, 4], [4, 8, 6]], dtype=np.int8)
     d = compare_outputs(a, b)
     assert (d["mismatched_outputs"], d["max_lsb_diff"], d["top1_agreement"]) == (2, 3, 0.5)
+
+
+def test_tflm_crash_is_a_build_error() -> None:
+    # TFLM aborts the process while preparing a depthwise convolution whose kernel is all zero.
+    model, x = tiny_model(zero_depthwise=True)
+    q = io_details(make_interpreter(model))[0][0].quantize(x[:1])
+    with pytest.raises(BuildError, match=r"TFLM interpreter crashed \(SIGABRT\)"):
+        find_min_arena(model, q[0])
 
 
 def test_litert_refuses_garbage_with_build_error() -> None:

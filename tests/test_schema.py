@@ -96,7 +96,9 @@ def test_target_mistakes(tmp_path: Path, old: str, new: str, message: str) -> No
 
 
 def test_tflm_refuses_dynamic_range(tmp_path: Path) -> None:
-    text = shipped("targets", "cortex-m4").replace('activations = "int8"\nio = "int8"', 'activations = "float32"\nio = "float32"')
+    text = shipped("targets", "cortex-m4").replace(
+        'activations = "int8"\nio = "int8"', 'activations = "float32"\nio = "float32"'
+    )
     with pytest.raises(ConfigError, match="tflm.*no kernels for dynamic"):
         load_target(write(tmp_path, "t.toml", text))
 

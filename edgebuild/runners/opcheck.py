@@ -2,23 +2,25 @@
 
 End to end, a 1-LSB rounding difference in one layer can grow in the layers after
 it, so the model's outputs alone cannot tell a rounding difference from a wrong
-kernel. Here both interpreters keep every intermediate tensor; an op is judged only
-on the samples where its inputs are bit-identical in both runtimes, which isolates
-that op's own kernel. More than 1 LSB there means something is wrong.
+kernel. Here both runtimes keep every intermediate tensor; an op is judged only on
+the samples where its inputs are bit-identical in both, which isolates that op's
+own kernel. More than 1 LSB there means something is wrong.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from edgebuild.runners.tflm_host import intermediate_tensors
 from edgebuild.tflite import captured_stderr
 
 
-def _litert(model: bytes, reference: bool) -> tuple[Any, Callable[[np.ndarray], None], Callable[[int], np.ndarray]]:
+def _litert_tensors(
+    model: bytes, inputs: np.ndarray, tensors: list[int], reference: bool
+) -> list[dict[int, np.ndarray]]:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
@@ -31,59 +33,53 @@ def _litert(model: bytes, reference: bool) -> tuple[Any, Callable[[np.ndarray], 
             experimental_preserve_all_tensors=True,
         )
         interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-
-    def invoke(sample: np.ndarray) -> None:
-        interpreter.set_tensor(index, sample[None])
+    input_index = interpreter.get_input_details()[0]["index"]
+    per_sample = []
+    for sample in inputs:
+        interpreter.set_tensor(input_index, sample[None])
         interpreter.invoke()
-
-    return interpreter, invoke, interpreter.get_tensor
-
-
-def _tflm(model: bytes, arena_bytes: int) -> tuple[Any, Callable[[np.ndarray], None], Callable[[int], np.ndarray]]:
-    from tflite_micro.python.tflite_micro import runtime
-
-    with captured_stderr():
-        interpreter = runtime.Interpreter.from_bytes(
-            model, arena_size=arena_bytes, intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors
-        )
-
-    def invoke(sample: np.ndarray) -> None:
-        interpreter.set_input(sample[None], 0)
-        interpreter.invoke()
-
-    return interpreter, invoke, lambda i: np.asarray(interpreter.GetTensor(i, 0)["tensor_data"])
+        per_sample.append({i: interpreter.get_tensor(i).copy() for i in tensors})
+    return per_sample
 
 
 def compare_ops(model: bytes, inputs: np.ndarray, runtime: str, arena_bytes: int = 0) -> list[dict[str, Any]]:
     """Per op: samples judged, the largest own-kernel difference (LSB) and the largest difference overall.
 
     ``runtime`` is ``tflm`` (the TFLM interpreter, given a tensor arena large enough to
-    keep every tensor) or ``litert`` (LiteRT's default kernels). Integer models only.
+    keep every tensor) or ``litert`` (LiteRT's default kernels). Float ops are skipped.
     """
-    ref, ref_invoke, ref_get = _litert(model, reference=True)
+    from edgebuild.tflite import make_interpreter
+
+    interpreter = make_interpreter(model, reference=True)
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    graph_inputs = {int(d["index"]) for d in interpreter.get_input_details()}
+    produced = {int(t) for op in ops for t in op["outputs"]} | graph_inputs
+    tensors = sorted(produced)
+    reference = _litert_tensors(model, inputs, tensors, reference=True)
     if runtime == "tflm":
-        _, dev_invoke, dev_get = _tflm(model, arena_bytes)
+        device = intermediate_tensors(model, inputs, tensors, arena_bytes)
     else:
-        _, dev_invoke, dev_get = _litert(model, reference=False)
-    ops = ref._get_ops_details()
-    produced = {int(t) for op in ops for t in op["outputs"]} | {int(d["index"]) for d in ref.get_input_details()}
-    rows = [
-        {"index": int(op["index"]), "op": str(op["op_name"]), "judged": 0, "max_own_lsb": 0, "max_lsb": 0}
-        for op in ops
-    ]
-    for sample in inputs:
-        ref_invoke(sample)
-        dev_invoke(sample)
-        for op, row in zip(ops, rows):
-            out = int(op["outputs"][0])
-            expected = ref_get(out)
-            if not np.issubdtype(expected.dtype, np.integer):
-                continue
-            diff = int(np.abs(dev_get(out).astype(np.int64) - expected.astype(np.int64)).max(initial=0))
-            row["max_lsb"] = max(row["max_lsb"], diff)
-            live_inputs = [int(i) for i in op["inputs"] if int(i) in produced]
-            if all(np.array_equal(dev_get(i), ref_get(i)) for i in live_inputs):
-                row["judged"] += 1
-                row["max_own_lsb"] = max(row["max_own_lsb"], diff)
+        device = _litert_tensors(model, inputs, tensors, reference=False)
+    rows = []
+    for op in ops:
+        out = int(op["outputs"][0])
+        live = [int(i) for i in op["inputs"] if int(i) in produced]
+        judged = max_own = max_any = 0
+        for ref, dev in zip(reference, device, strict=True):
+            if not np.issubdtype(ref[out].dtype, np.integer):
+                break
+            diff = int(np.abs(dev[out].astype(np.int64) - ref[out].astype(np.int64)).max(initial=0))
+            max_any = max(max_any, diff)
+            if all(np.array_equal(dev[i], ref[i]) for i in live):
+                judged += 1
+                max_own = max(max_own, diff)
+        rows.append(
+            {
+                "index": int(op["index"]),
+                "op": str(op["op_name"]),
+                "judged": judged,
+                "max_own_lsb": max_own,
+                "max_lsb": max_any,
+            }
+        )
     return rows

@@ -2,92 +2,173 @@
 
 These are TFLM's own kernels and memory planner, so the tensor arena found here is
 the arena the firmware needs (for the same TFLM version and the reference kernels).
+
+TFLM aborts the process on some models (an all-zero channel can make it abort while
+preparing a kernel) and on arenas too small for its own bookkeeping, so every TFLM
+call runs in a child process: a crash there becomes a BuildError here.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgebuild.errors import BuildError
 from edgebuild.runners import RunResult
-from edgebuild.tflite import captured_stderr
 
 ARENA_ALIGN = 16
 MAX_ARENA_BYTES = 256 * 1024 * 1024
-# Below this TFLM can crash (not fail) while placing its own bookkeeping, so the
-# search never probes a smaller arena than the allocator itself reported using.
-_FIRST_PROBE_BYTES = 256 * 1024
+# Below what TFLM's recording allocator reports, TFLM can crash instead of failing,
+# so the search starts large and never probes under the recorded total.
+FIRST_PROBE_BYTES = 256 * 1024
+CHILD_TIMEOUT_S = 1800
 
 
-def _interpreter(model: bytes, arena_bytes: int) -> Any:
+# ---------------------------------------------------------------- in the child process
+
+
+def _interpreter(model: bytes, arena_bytes: int, keep_all: bool = False) -> Any:
     from tflite_micro.python.tflite_micro import runtime
 
-    return runtime.Interpreter.from_bytes(model, arena_size=arena_bytes)
+    config = (
+        runtime.InterpreterConfig.kPreserveAllTensors if keep_all else runtime.InterpreterConfig.kAllocationRecording
+    )
+    return runtime.Interpreter.from_bytes(model, arena_size=arena_bytes, intrepreter_config=config)
 
 
-def _try_arena(model: bytes, arena_bytes: int, sample: np.ndarray) -> tuple[bool, str]:
-    """Whether one inference works with this arena; also TFLM's log of the attempt."""
-    with captured_stderr() as log:
-        try:
-            interpreter = _interpreter(model, arena_bytes)
-            interpreter.set_input(sample[None], 0)
-            interpreter.invoke()
-            ok = True
-        except RuntimeError:
-            ok = False
-    return ok, log[0]
-
-
-def _recorded_total(model: bytes, arena_bytes: int, sample: np.ndarray) -> int | None:
-    """The arena TFLM's recording allocator says it used, after one inference."""
-    with captured_stderr() as log:
+def try_arena(model: bytes, arena_bytes: int, sample: np.ndarray) -> bool:
+    """Whether one inference works with this arena (in this process: call it in a child)."""
+    try:
         interpreter = _interpreter(model, arena_bytes)
         interpreter.set_input(sample[None], 0)
         interpreter.invoke()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _recorded_total(interpreter: Any) -> int | None:
+    """The arena TFLM's recording allocator says it used (printed to fd 2)."""
+    from edgebuild.tflite import captured_stderr
+
+    with captured_stderr() as log:
         interpreter.print_allocations()
     match = re.search(r"Arena allocation total (\d+) bytes", log[0])
     return int(match.group(1)) if match else None
 
 
-def find_min_arena(model: bytes, sample: np.ndarray) -> int:
-    """The smallest tensor arena (a multiple of 16 bytes) with which TFLM runs the model.
-
-    Raises BuildError when TFLM cannot run the model at all (unsupported op, say)
-    or needs more than 256 MiB.
-    """
-    works = _FIRST_PROBE_BYTES
-    while True:
-        ok, log = _try_arena(model, works, sample)
-        if ok:
-            break
-        if "resize buffer" not in log and "allocate" not in log:
-            raise BuildError(f"TFLM cannot run the model: {_tflm_reason(log)}")
+def _min_arena(model: bytes, sample: np.ndarray) -> int:
+    works = FIRST_PROBE_BYTES
+    while not try_arena(model, works, sample):
         if works >= MAX_ARENA_BYTES:
-            raise BuildError(f"TFLM needs a tensor arena above {MAX_ARENA_BYTES} bytes for this model")
+            raise RuntimeError(f"no arena up to {MAX_ARENA_BYTES} bytes works")
         works *= 2
-    recorded = _recorded_total(model, works, sample) or works
+    interpreter = _interpreter(model, works)
+    interpreter.set_input(sample[None], 0)
+    interpreter.invoke()
+    recorded = _recorded_total(interpreter) or works
     low = max(recorded // ARENA_ALIGN * ARENA_ALIGN - ARENA_ALIGN, ARENA_ALIGN)
-    if _try_arena(model, low, sample)[0]:
+    if try_arena(model, low, sample):
         return low  # less than TFLM recorded using: never seen, but then this is the answer
     while works - low > ARENA_ALIGN:  # invariant: low fails, works works
         middle = (low + works) // 2 // ARENA_ALIGN * ARENA_ALIGN
         if middle <= low:
             break
-        if _try_arena(model, middle, sample)[0]:
+        if try_arena(model, middle, sample):
             works = middle
         else:
             low = middle
     return works
 
 
+def _child(job: str, folder: Path) -> None:
+    """Run one job on ``folder/model.tflite`` and ``folder/inputs.npy``; write ``folder/result.npz``."""
+    model = (folder / "model.tflite").read_bytes()
+    inputs = np.load(folder / "inputs.npy")
+    args = json.loads((folder / "args.json").read_text())
+    result: dict[str, np.ndarray] = {}
+    if job == "arena":
+        result["arena_bytes"] = np.array(_min_arena(model, inputs[0]))
+    elif job == "run":
+        interpreter = _interpreter(model, args["arena_bytes"])
+        outputs, latency = [], []
+        for sample in inputs:
+            interpreter.set_input(sample[None], 0)
+            start = time.perf_counter()
+            interpreter.invoke()
+            latency.append((time.perf_counter() - start) * 1000.0)
+            outputs.append(np.array(interpreter.get_output(0))[0])
+        result["outputs"], result["latency_ms"] = np.stack(outputs), np.array(latency)
+    elif job == "tensors":
+        interpreter = _interpreter(model, args["arena_bytes"], keep_all=True)
+        for n, sample in enumerate(inputs):
+            interpreter.set_input(sample[None], 0)
+            interpreter.invoke()
+            for index in args["tensors"]:
+                result[f"{n}_{index}"] = np.asarray(interpreter.GetTensor(index, 0)["tensor_data"])
+    np.savez(folder / "result.npz", **result)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- in the build process
+
+
 def _tflm_reason(log: str) -> str:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     return "; ".join(lines[:3]) or "TFLM gave no reason"
+
+
+def in_child(job: str, model: bytes, inputs: np.ndarray, **args: Any) -> dict[str, np.ndarray]:
+    """Run a TFLM job in a child process and return its arrays.
+
+    Raises BuildError naming the signal when TFLM crashes, or TFLM's own words when it fails.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgebuild-tflm-") as tmp:
+        folder = Path(tmp)
+        (folder / "model.tflite").write_bytes(model)
+        np.save(folder / "inputs.npy", inputs)
+        (folder / "args.json").write_text(json.dumps(args))
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgebuild.runners.tflm_host", job, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+        )
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name
+            raise BuildError(
+                f"the TFLM interpreter crashed ({name}) on this model: {_tflm_reason(proc.stderr)}",
+                hint="TFLM aborts on some models, for example one with an all-zero channel",
+            )
+        if proc.returncode != 0:
+            raise BuildError(f"TFLM cannot run the model: {_tflm_reason(proc.stderr)}")
+        with np.load(folder / "result.npz") as result:
+            return {key: result[key] for key in result.files}
+
+
+def find_min_arena(model: bytes, sample: np.ndarray) -> int:
+    """The smallest tensor arena (a multiple of 16 bytes) with which TFLM runs the model.
+
+    Raises BuildError when TFLM cannot run the model at all (an unsupported op, say).
+    """
+    return int(in_child("arena", model, sample[None])["arena_bytes"])
+
+
+def intermediate_tensors(
+    model: bytes, inputs: np.ndarray, tensors: list[int], arena_bytes: int
+) -> list[dict[int, np.ndarray]]:
+    """Per input, the values TFLM computed for the given tensor indices (an arena that keeps them all)."""
+    result = in_child("tensors", model, inputs, tensors=tensors, arena_bytes=arena_bytes)
+    return [{index: result[f"{n}_{index}"] for index in tensors} for n in range(len(inputs))]
 
 
 class TflmHost:
@@ -100,24 +181,18 @@ class TflmHost:
 
     def run(self, model: bytes, inputs: np.ndarray) -> RunResult:
         """Run every input; returns the first output per input. Raises BuildError if TFLM fails."""
-        with captured_stderr() as log:
-            try:
-                interpreter = _interpreter(model, self.arena_bytes)
-            except RuntimeError:
-                interpreter = None
-        if interpreter is None:
-            raise BuildError(f"TFLM cannot load the model: {_tflm_reason(log[0])}")
-        outputs = []
-        latency_ms = []
-        for sample in inputs:
-            interpreter.set_input(sample[None], 0)
-            start = time.perf_counter()
-            interpreter.invoke()
-            latency_ms.append((time.perf_counter() - start) * 1000.0)
-            outputs.append(np.array(interpreter.get_output(0))[0])
+        result = in_child("run", model, inputs, arena_bytes=self.arena_bytes)
         return RunResult(
-            outputs=np.stack(outputs),
-            latency_ms=latency_ms,
+            outputs=result["outputs"],
+            latency_ms=result["latency_ms"].tolist(),
             device=f"host {platform.machine()} TFLM interpreter (tflite-micro), arena {self.arena_bytes} bytes",
             peak_memory_bytes=self.arena_bytes,
         )
+
+
+if __name__ == "__main__":
+    try:
+        _child(sys.argv[1], Path(sys.argv[2]))
+    except RuntimeError as e:  # TFLM's own failure: its log on fd 2 says why
+        print(f"RuntimeError: {e}", file=sys.stderr)
+        sys.exit(1)

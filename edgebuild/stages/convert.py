@@ -37,17 +37,20 @@ def run(ctx: BuildContext) -> str:
     # Score on the validation split; without one, on training samples (better than guessing).
     x_sel, y_sel = (ctx.x_val, ctx.y_val) if len(ctx.x_val) else (ctx.x_fit, ctx.y_fit)
     x_sel, y_sel = x_sel[:SELECTION_SAMPLES], y_sel[:SELECTION_SAMPLES]
-    scored = []
+    converted: list[tuple[str, bytes, float]] = []
     for name, model in candidates:
         tflite = convert_keras(model, mode, precision.io, representative)
-        scored.append({"name": name, "bytes": len(tflite), "selection_accuracy": _score(tflite, x_sel, y_sel)})
+        score = _score(tflite, x_sel, y_sel)
+        converted.append((name, tflite, score))
         if len(candidates) > 1:
-            ctx.reporter.note(f"{name}: {len(tflite)} bytes, validation accuracy {scored[-1]['selection_accuracy']:.2%}")
-        scored[-1]["tflite"] = tflite
-    # Highest accuracy wins; on a tie the earlier candidate (QAT) is kept.
-    best = max(scored, key=lambda c: (c["selection_accuracy"], -scored.index(c)))
-    ctx.tflite = best.pop("tflite")
-    for candidate in scored:
-        candidate.pop("tflite", None)
-    ctx.conversion = {"mode": mode, "io": precision.io, "chosen": best["name"], "candidates": scored}
-    return f"{mode} .tflite {len(ctx.tflite)} bytes ({best['name']} chosen of {', '.join(c['name'] for c in scored)})"
+            ctx.reporter.note(f"{name}: {len(tflite)} bytes, validation accuracy {score:.2%}")
+    # Highest accuracy wins; max() keeps the first on a tie, so QAT wins ties.
+    chosen, ctx.tflite, _ = max(converted, key=lambda c: c[2])
+    ctx.conversion = {
+        "mode": mode,
+        "io": precision.io,
+        "chosen": chosen,
+        "candidates": [{"name": n, "bytes": len(t), "selection_accuracy": a} for n, t, a in converted],
+    }
+    names = ", ".join(n for n, _, _ in converted)
+    return f"{mode} .tflite {len(ctx.tflite)} bytes ({chosen} chosen of {names})"

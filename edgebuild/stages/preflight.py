@@ -32,7 +32,10 @@ def check_model_fits_data(model: Any, input_shape: tuple[int, ...], num_classes:
             hint="edgebuild builds single-input, single-output classifiers",
         )
     model_in = _shape(model.inputs[0].shape)[1:]
-    if len(model_in) != len(input_shape) or any(m is not None and m != d for m, d in zip(model_in, input_shape)):
+    mismatch = len(model_in) != len(input_shape) or any(
+        m is not None and m != d for m, d in zip(model_in, input_shape, strict=True)
+    )
+    if mismatch:
         raise ConfigError(
             f"{where}: the model takes inputs of shape {model_in} but the dataset's samples are {input_shape}",
             hint="use a dataset that matches the model, or a model built for this data",

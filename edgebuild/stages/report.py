@@ -48,9 +48,11 @@ def budget_table(budgets: list[dict[str, Any]]) -> str:
     for b in budgets:
         fmt = (lambda v: f"{v:,.0f}") if b["unit"] == "bytes" else (lambda v: f"{v * 100:.2f}%")
         sign = "<=" if b["kind"] == "max" else ">="
-        rows.append((b["name"], f"{sign} {fmt(b['limit'])}", fmt(b["actual"]), fmt(b["margin"]), "ok" if b["ok"] else "MISSED"))
+        rows.append(
+            (b["name"], f"{sign} {fmt(b['limit'])}", fmt(b["actual"]), fmt(b["margin"]), "ok" if b["ok"] else "MISSED")
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
 
 
 def _markdown(report: dict[str, Any], table: str) -> str:
@@ -116,4 +118,6 @@ def run(ctx: BuildContext) -> str:
     (ctx.work / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (ctx.work / "report.md").write_text(_markdown(report, budget_table(ctx.budgets)))
     missed = [b["name"] for b in ctx.budgets if not b["ok"]]
-    return f"budgets: {len(ctx.budgets) - len(missed)} met, {len(missed)} missed" + (f" ({', '.join(missed)})" if missed else "")
+    return f"budgets: {len(ctx.budgets) - len(missed)} met, {len(missed)} missed" + (
+        f" ({', '.join(missed)})" if missed else ""
+    )
