@@ -99,6 +99,10 @@ def _child(job: str, folder: Path) -> None:
     result: dict[str, np.ndarray] = {}
     if job == "arena":
         result["arena_bytes"] = np.array(_min_arena(model, inputs[0]))
+    elif job == "load":
+        interpreter = _interpreter(model, MAX_ARENA_BYTES // 4)
+        interpreter.set_input(inputs[0][None], 0)
+        interpreter.invoke()
     elif job == "run":
         interpreter = _interpreter(model, args["arena_bytes"])
         outputs, latency = [], []
@@ -161,6 +165,11 @@ def find_min_arena(model: bytes, sample: np.ndarray) -> int:
     Raises BuildError when TFLM cannot run the model at all (an unsupported op, say).
     """
     return int(in_child("arena", model, sample[None])["arena_bytes"])
+
+
+def check_loads(model: bytes, sample: np.ndarray) -> None:
+    """Raise BuildError (with TFLM's reason, e.g. a missing op) unless TFLM runs one inference."""
+    in_child("load", model, sample[None])
 
 
 def intermediate_tensors(

@@ -9,12 +9,17 @@ for a budget the planned model can never meet, however well it trains.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+import numpy as np
 
 from edgebuild.context import BuildContext
 from edgebuild.datasets import load_dataset, split_validation
-from edgebuild.errors import BudgetError, ConfigError
+from edgebuild.errors import BudgetError, BuildError, ConfigError
 from edgebuild.models import build_model, load_model
+from edgebuild.runners.tflm_host import check_loads
+from edgebuild.tflite import convert_keras, make_interpreter
 
 BYTES_PER_WEIGHT = {"int8": 1, "dynamic": 1, "float16": 2, "float32": 4}
 BYTES_PER_ACTIVATION = {"int8": 1, "dynamic": 4, "float16": 4, "float32": 4}
@@ -63,6 +68,31 @@ def _largest_activation_pair(model: Any) -> int:
     return largest
 
 
+def check_tflm_ops(model: Any, where: str) -> None:
+    """Every op of the model, converted as it stands, has a TFLM kernel; ConfigError naming op and layer if not.
+
+    Asks the real TFLM interpreter (kernels for int8 are checked again on the artifact).
+    """
+    tflite = convert_keras(model, "float32", "float32", None)
+    sample = np.zeros(tuple(int(d) for d in model.inputs[0].shape[1:]), dtype=np.float32)
+    try:
+        check_loads(tflite, sample)
+    except BuildError as e:
+        missing = re.search(r"Didn't find op for builtin opcode '(\w+)'", e.message)
+        if missing is None:
+            raise
+        op = missing.group(1)
+        interpreter = make_interpreter(tflite, reference=True)
+        names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+        layer = next(
+            (names[int(o["outputs"][0])] for o in interpreter._get_ops_details() if o["op_name"] == op), "unknown"
+        )
+        raise ConfigError(
+            f"{where}: TFLM has no kernel for op {op}, which the model uses (from {layer})",
+            hint="replace that layer, or build for a LiteRT target",
+        ) from None
+
+
 def run(ctx: BuildContext) -> str:
     recipe, target = ctx.recipe, ctx.target
     data = load_dataset(recipe)
@@ -97,6 +127,9 @@ def run(ctx: BuildContext) -> str:
             f"but the recipe {recipe.source} has no [prune] table",
             hint="add a [prune] table to the recipe, or use a target without a sparsity budget",
         )
+
+    if target.runtime == "tflm":
+        check_tflm_ops(deployed, where)
 
     mode = target.precision.mode
     params = int(deployed.count_params())
