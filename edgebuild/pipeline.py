@@ -97,8 +97,10 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
     Raises EdgebuildError (naming the stage) for user-facing failures and
     BudgetError (exit 3) when a budget is missed; ``out`` is untouched then.
     """
+    new_folders = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     work = _make_work_folder(out)
     ctx = BuildContext(recipe=recipe, target=target, out=out, work=work, reporter=reporter)
+    published = False
     try:
         for number, (name, stage) in enumerate(STAGES):
             reporter.stage_start(name)
@@ -130,9 +132,14 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
                 hint="see the table above; the previous artifacts were left as they were",
             )
         publish(work, out)
+        published = True
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+        if not published:  # leave no empty build/<recipe>/ behind a failed first build
+            for folder in new_folders:
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
     return ctx.report
 
 
