@@ -14,16 +14,16 @@ import click
 
 from edgebuild import __version__
 from edgebuild.errors import EXIT_CONFIG, EdgebuildError
-from edgebuild.schema import builtin_names, find_file, load_recipe, load_target
+from edgebuild.schema import all_names, find_file, load_recipe, load_target
 
 DEFAULT_RECIPE = "mnist"
 PROJECT_RECIPE = "edgebuild.toml"
 
 
 def _build(recipe: str | None, target: str, out: Path | None, quiet: bool) -> None:
+    from edgebuild.budgets import budget_table
     from edgebuild.pipeline import default_out, resolve, run_build
     from edgebuild.progress import Reporter
-    from edgebuild.stages.report import budget_table
 
     project = Path.cwd()
     if recipe is None:
@@ -59,6 +59,7 @@ def cli(ctx: click.Context, target: str | None, recipe: str | None, out: Path | 
     edgebuild --target rpi4              build ./edgebuild.toml (or the mnist recipe) for a Raspberry Pi 4
     edgebuild build -r digits -t cortex-m4
     edgebuild targets | edgebuild recipes
+    edgebuild inspect model.tflite
     """
     if ctx.invoked_subcommand is not None:
         if target or recipe or out:
@@ -83,12 +84,11 @@ def build_command(target: str, recipe: str | None, out: Path | None, quiet: bool
 def targets_command() -> None:
     """List the target profiles, one line each."""
     project = Path.cwd()
-    names = sorted(set(builtin_names("targets")) | {p.stem for p in (project / "targets").glob("*.toml")})
-    for name in names:
+    for name in all_names("targets", project):
         target = load_target(find_file("targets", name, project))
         sparsity = f"{target.sparsity.target:.0%} {target.sparsity.structure}" if target.sparsity.target else "none"
         click.echo(
-            f"{target.name:<12} {target.runtime:<7} {target.precision.mode:<8} sparsity {sparsity:<17} "
+            f"{target.name:<15} {target.runtime:<7} {target.precision.mode:<8} sparsity {sparsity:<17} "
             f"{target.description}"
         )
 
@@ -97,10 +97,22 @@ def targets_command() -> None:
 def recipes_command() -> None:
     """List the recipes, one line each."""
     project = Path.cwd()
-    names = sorted(set(builtin_names("recipes")) | {p.stem for p in (project / "recipes").glob("*.toml")})
-    for name in names:
+    for name in all_names("recipes", project):
         recipe = load_recipe(find_file("recipes", name, project))
         click.echo(f"{name:<12} {recipe.description}")
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON instead of text.")
+def inspect_command(model: Path, as_json: bool) -> None:
+    """Inspect any .tflite: ops, tensors, quantization, parameters, MACs, TFLM arena, which targets can run it."""
+    import json
+
+    from edgebuild.inspect import format_inspection, inspect_tflite
+
+    info = inspect_tflite(model, Path.cwd())
+    click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgebuild.datasets import Dataset
+from edgebuild.firmware import FirmwareModel
 from edgebuild.progress import Reporter
 from edgebuild.schema import Recipe, Target
 from edgebuild.training import Teacher
@@ -54,6 +55,12 @@ class BuildContext:
     # validate
     validation: dict[str, Any] = field(default_factory=dict)
     artifact: dict[str, Any] = field(default_factory=dict)
+
+    # vela, emit, link
+    deploy_tflite: bytes = b""  # what ships: the converted model, or Vela's for an NPU
+    npu: dict[str, Any] = field(default_factory=dict)
+    firmware_model: FirmwareModel | None = None
+    firmware: dict[str, Any] = field(default_factory=dict)
 
     # report
     budgets: list[dict[str, Any]] = field(default_factory=list)

@@ -1,6 +1,6 @@
 """The driver: run the stages in order for one recipe and target, then publish atomically.
 
-    preflight → baseline → distill → prune → qat → convert → emit → validate → report
+    preflight → baseline → distill → prune → qat → convert → validate → vela → emit → link → report
 
 Stages write into a private temporary folder beside the output folder; only when
 every stage succeeded and every budget is met does that folder replace the output
@@ -19,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgebuild.budgets import budget_table, missed_summary
 from edgebuild.context import BuildContext
 from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
 from edgebuild.progress import Reporter
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
-from edgebuild.stages import baseline, convert, distill, emit, preflight, prune, qat, report, validate
+from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
 from edgebuild.tf import seed_everything
 
 STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
@@ -33,8 +34,10 @@ STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
     ("prune", prune.run),
     ("qat", qat.run),
     ("convert", convert.run),
-    ("emit", emit.run),
     ("validate", validate.run),
+    ("vela", vela.run),
+    ("emit", emit.run),
+    ("link", link.run),
     ("report", report.run),
 ]
 
@@ -125,10 +128,9 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
             reporter.stage_end(name, seconds, summary)
         missed = [b for b in ctx.budgets if not b["ok"]]
         if missed:
-            reporter.table(report.budget_table(ctx.budgets))
+            reporter.table(budget_table(ctx.budgets))
             raise BudgetError(
-                f"{len(missed)} budget(s) missed for target {target.name}: "
-                + ", ".join(f"{b['name']} (limit {b['limit']:g}, actual {b['actual']:g})" for b in missed),
+                f"{len(missed)} budget(s) missed for target {target.name}: {missed_summary(ctx.budgets)}",
                 hint="see the table above; the previous artifacts were left as they were",
             )
         publish(work, out)

@@ -23,7 +23,7 @@ class Reporter:
     def note(self, message: str) -> None:
         """An informational line (dropped when quiet)."""
         if not self.quiet:
-            self.console.print(f"  {message}", markup=False)
+            self.console.print(f"  {message}", markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         """A warning line (kept when quiet)."""
@@ -38,7 +38,7 @@ class Reporter:
         """A stage's time and one-line result."""
         if not self.quiet:
             self.console.print(f"[green]✓ {name}[/green] [dim]{seconds:.1f} s[/dim]  ", end="")
-            self.console.print(summary, markup=False, highlight=False)
+            self.console.print(summary, markup=False, highlight=False, soft_wrap=True)
 
     def table(self, text: str) -> None:
         """A preformatted table (kept when quiet: it explains a failure)."""

@@ -92,10 +92,58 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Memory:
-    """What a microcontroller has in all: the model and arena take a share of it."""
+    """A microcontroller's memory map: the model and arena share it with the runtime and application.
+
+    The ``reserved_*`` bytes stand for everything else in the firmware (TFLM's code,
+    the application, stack and heap) when the linker checks that the model fits.
+    """
 
     flash_bytes: int = field(metadata=_range(1))
     ram_bytes: int = field(metadata=_range(1))
+    flash_origin: int = field(default=0x0800_0000, metadata=_range(0, 2**32 - 1))
+    ram_origin: int = field(default=0x2000_0000, metadata=_range(0, 2**32 - 1))
+    reserved_flash_bytes: int = field(default=0, metadata=_range(0))
+    reserved_ram_bytes: int = field(default=0, metadata=_range(0))
+
+    def _check(self) -> None:
+        if self.reserved_flash_bytes >= self.flash_bytes:
+            raise _Invalid("memory.reserved_flash_bytes", "reserves all of flash_bytes for other code")
+        if self.reserved_ram_bytes >= self.ram_bytes:
+            raise _Invalid("memory.reserved_ram_bytes", "reserves all of ram_bytes for other data")
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """How the model lands in a microcontroller firmware."""
+
+    section: str = ""  # linker section for the model array, e.g. ".rodata.model" ("" = the default)
+    arena_margin: float = field(default=0.1, metadata=_range(0.0, 4.0))  # added to the measured arena
+    fpu: str = ""  # -mfpu for the arm toolchain ("" = no FPU flags)
+
+    def _check(self) -> None:
+        if not re.fullmatch(r"[.A-Za-z0-9_]*", self.section):
+            raise _Invalid(
+                "firmware.section", f"{self.section!r} is not a linker section name", "use letters, digits, . and _"
+            )
+        if not re.fullmatch(r"[a-z0-9-]*", self.fpu):
+            raise _Invalid("firmware.fpu", f"{self.fpu!r} is not an -mfpu value", "e.g. fpv4-sp-d16")
+
+
+@dataclass(frozen=True)
+class Npu:
+    """An Arm Ethos-U NPU: the int8 model is compiled for it with Vela."""
+
+    accelerator: Literal[
+        "ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u65-512"
+    ]
+    system_config: str = "Ethos_U55_High_End_Embedded"  # a [System_Config.*] of Vela's Arm/vela.ini
+    memory_mode: str = "Shared_Sram"  # a [Memory_Mode.*] of Vela's Arm/vela.ini
+    optimise: Literal["Performance", "Size"] = "Performance"
+
+    def _check(self) -> None:
+        for key in ("system_config", "memory_mode"):
+            if not re.fullmatch(r"[A-Za-z0-9_]+", getattr(self, key)):
+                raise _Invalid(f"npu.{key}", f"{getattr(self, key)!r} is not a Vela configuration name")
 
 
 @dataclass(frozen=True)
@@ -128,6 +176,8 @@ class Target:
     validate: Validate
     sparsity: Sparsity = Sparsity()
     memory: Memory | None = None
+    firmware: Firmware = Firmware()
+    npu: Npu | None = None
     source: str = field(default="", metadata={"internal": True})
 
     def _check(self) -> None:
@@ -145,6 +195,8 @@ class Target:
             )
         if self.runtime == "tflm" and self.memory is None:
             raise _Invalid("memory", "a TFLM target needs a [memory] table", "add flash_bytes and ram_bytes")
+        if self.npu is not None and (self.runtime != "tflm" or self.precision.mode != "int8"):
+            raise _Invalid("npu", "an Ethos-U NPU needs runtime = 'tflm' and full-integer int8 precision")
         if self.memory is not None:
             if self.budgets.model_bytes is not None and self.budgets.model_bytes > self.memory.flash_bytes:
                 raise _Invalid(
@@ -235,6 +287,20 @@ class Qat:
 
 
 @dataclass(frozen=True)
+class FirmwareNames:
+    """Names in the generated C: the identifier prefix and the file base name."""
+
+    prefix: str | None = None  # C identifier prefix; default: made from the recipe name
+    basename: str = "model"  # files <basename>_data.h, <basename>_data.cc, <basename>_ops.h
+
+    def _check(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.basename):
+            raise _Invalid(
+                "firmware.basename", f"{self.basename!r} is not a safe file base name", "use letters, digits, _ and -"
+            )
+
+
+@dataclass(frozen=True)
 class Recipe:
     """What to build: a model, a dataset, and the compression plan."""
 
@@ -247,6 +313,7 @@ class Recipe:
     distill: Distill | None = None
     prune: Prune | None = None
     qat: Qat | None = None
+    firmware: FirmwareNames = FirmwareNames()
     source: str = field(default="", metadata={"internal": True})
 
     def _check(self) -> None:
@@ -407,6 +474,11 @@ def builtin_names(kind: str) -> list[str]:
     return sorted(p.stem for p in _data_dir(kind).glob("*.toml"))
 
 
+def all_names(kind: str, project: Path) -> list[str]:
+    """Names of the shipped ``targets`` or ``recipes`` and those in ``project/<kind>/``."""
+    return sorted(set(builtin_names(kind)) | {p.stem for p in (project / kind).glob("*.toml")})
+
+
 def find_file(kind: str, name_or_path: str, project: Path) -> Path:
     """Resolve a target or recipe given by path or by name.
 
@@ -425,7 +497,7 @@ def find_file(kind: str, name_or_path: str, project: Path) -> Path:
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():
             return candidate
-    known = sorted(set(builtin_names(kind)) | {p.stem for p in (project / kind).glob("*.toml")})
+    known = all_names(kind, project)
     raise ConfigError(
         f"unknown {kind[:-1]} {name_or_path!r}",
         hint=_suggest(name_or_path, known, kind) + f"; `edgebuild {kind}` lists them",

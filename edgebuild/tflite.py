@@ -51,7 +51,10 @@ def convert_keras(model: Any, mode: str, io: str, representative: np.ndarray | N
     from edgebuild.tf import tf
 
     t = tf()
-    converter = t.lite.TFLiteConverter.from_keras_model(model)
+    # A fixed batch of one: microcontroller runtimes and Vela want static shapes.
+    spec = t.TensorSpec([1, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
+    function = t.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    converter = t.lite.TFLiteConverter.from_concrete_functions([function], model)
     if mode in ("int8", "dynamic", "float16"):
         converter.optimizations = [t.lite.Optimize.DEFAULT]
     if mode == "float16":
@@ -173,3 +176,30 @@ def weight_sparsity(interpreter: Any) -> tuple[int, int]:
         zeros += int(np.count_nonzero(weights == 0))
         total += int(weights.size)
     return zeros, total
+
+
+def enum_names(enum: type) -> dict[int, str]:
+    """Codes and names of an enum of the flatbuffer schema LiteRT ships (BuiltinOperator, TensorType)."""
+    return {value: name for name, value in vars(enum).items() if not name.startswith("_") and isinstance(value, int)}
+
+
+def flatbuffer_ops(model: bytes) -> list[str]:
+    """The op of every node in the main subgraph, read from the flatbuffer (custom ops by name).
+
+    Works for models LiteRT cannot run, such as Vela's output with its ETHOSU custom op.
+    The caller must have verified the file (make_interpreter, or it came from a converter).
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = enum_names(schema.BuiltinOperator)
+    root = schema.Model.GetRootAs(model, 0)
+    codes = []
+    for i in range(root.OperatorCodesLength()):
+        code = root.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append((code.CustomCode() or b"").decode("utf-8", "replace"))
+        else:
+            codes.append(names.get(builtin, f"BUILTIN_{builtin}"))
+    graph = root.Subgraphs(0)
+    return [codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())]

@@ -54,3 +54,30 @@ def project(tmp_path: Path) -> Path:
 
 def shipped(kind: str, name: str) -> str:
     return (REPO / "edgebuild" / kind / f"{name}.toml").read_text()
+
+
+QUICK_RECIPE = """name = "{name}"
+dataset = "digits"
+seed = 0
+[model]
+architecture = "mlp"
+width = 0.5
+[train]
+epochs = 6
+batch_size = 32
+learning_rate = 3e-3
+[prune]
+epochs = 1
+[qat]
+epochs = 1
+"""
+
+
+def quick_project(project: Path, name: str = "quick") -> None:
+    """A fast recipe (digits, a small MLP, one epoch each of pruning and QAT) as edgebuild.toml,
+    and relaxed copies of the shipped targets (accuracy drop up to 20 points) as ``<name>-relaxed``."""
+    (project / "edgebuild.toml").write_text(QUICK_RECIPE.format(name=name.replace("\\", "\\\\").replace('"', '\\"')))
+    for target in ("rpi4", "cortex-m4", "cortex-m7", "cortex-m55-u55"):
+        text = shipped("targets", target).replace("max_accuracy_drop = 0.01", "max_accuracy_drop = 0.2")
+        text = text.replace(f'name = "{target}"', f'name = "{target}-relaxed"')
+        (project / "targets" / f"{target}-relaxed.toml").write_text(text)

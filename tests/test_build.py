@@ -41,8 +41,10 @@ def check_report(report: dict, target: str) -> None:  # type: ignore[type-arg]
         "prune",
         "qat",
         "convert",
-        "emit",
         "validate",
+        "vela",
+        "emit",
+        "link",
         "report",
     ]
     assert all({"name", "limit", "actual", "ok"} <= set(b) for b in report["budgets"])
@@ -53,7 +55,8 @@ def compile_c_array(folder: Path, tmp_path: Path) -> None:
     main = tmp_path / "main.cc"
     main.write_text(
         '#include "model_data.h"\n'
-        "int main() { return g_model_len > 0 && (reinterpret_cast<unsigned long>(g_model) % 16) == 0 ? 0 : 1; }\n"
+        "int main() { return g_digits_model_data_len > 0 && "
+        "(reinterpret_cast<unsigned long>(g_digits_model_data) % 16) == 0 ? 0 : 1; }\n"
     )
     exe = tmp_path / "main"
     subprocess.run(
@@ -79,6 +82,9 @@ def test_digits_for_rpi4_from_the_cli(project: Path, tmp_path: Path) -> None:
     assert result.code == 0, result.err
     out = project / "build" / "digits" / "rpi4"
     assert sorted(p.name for p in out.iterdir()) == [
+        "infer.py",
+        "labels.txt",
+        "model.json",
         "model.tflite",
         "model_data.cc",
         "model_data.h",

@@ -13,46 +13,9 @@ import time
 from typing import Any
 
 from edgebuild import __version__
+from edgebuild.budgets import budget_table, check_budgets
 from edgebuild.context import BuildContext
 from edgebuild.tf import versions
-
-SPARSITY_TOLERANCE = 0.02
-
-
-def _budget(name: str, limit: float, actual: float, kind: str, unit: str) -> dict[str, Any]:
-    ok = actual <= limit + 1e-12 if kind == "max" else actual >= limit - 1e-12
-    margin = limit - actual if kind == "max" else actual - limit
-    return {"name": name, "kind": kind, "unit": unit, "limit": limit, "actual": actual, "margin": margin, "ok": ok}
-
-
-def check_budgets(ctx: BuildContext) -> list[dict[str, Any]]:
-    """Each budget of the target with its limit, the measured value, the margin and whether it is met."""
-    budgets, artifact = ctx.target.budgets, ctx.artifact
-    checked = []
-    if budgets.model_bytes is not None:
-        checked.append(_budget("model_bytes", budgets.model_bytes, artifact["tflite_bytes"], "max", "bytes"))
-    if budgets.arena_bytes is not None and artifact.get("arena_bytes") is not None:
-        checked.append(_budget("arena_bytes", budgets.arena_bytes, artifact["arena_bytes"], "max", "bytes"))
-    drop = ctx.teacher_accuracy - artifact["accuracy"]
-    checked.append(_budget("accuracy_drop", budgets.max_accuracy_drop, round(drop, 6), "max", "fraction"))
-    target_sparsity = ctx.target.sparsity.target
-    if target_sparsity > 0:
-        floor = round(max(0.0, target_sparsity - SPARSITY_TOLERANCE), 6)
-        checked.append(_budget("sparsity", floor, round(artifact["sparsity"], 6), "min", "fraction"))
-    return checked
-
-
-def budget_table(budgets: list[dict[str, Any]]) -> str:
-    """A plain-text table of budgets: name, limit, actual, margin, status."""
-    rows = [("budget", "limit", "actual", "margin", "")]
-    for b in budgets:
-        fmt = (lambda v: f"{v:,.0f}") if b["unit"] == "bytes" else (lambda v: f"{v * 100:.2f}%")
-        sign = "<=" if b["kind"] == "max" else ">="
-        rows.append(
-            (b["name"], f"{sign} {fmt(b['limit'])}", fmt(b["actual"]), fmt(b["margin"]), "ok" if b["ok"] else "MISSED")
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
 
 
 def _markdown(report: dict[str, Any], table: str) -> str:
@@ -71,7 +34,23 @@ def _markdown(report: dict[str, Any], table: str) -> str:
         f"- Against {validation['reference']}: {validation['mismatched_outputs']} of "
         f"{validation['compared_outputs']} outputs differ, max {validation['max_lsb_diff']} LSB, "
         f"top-1 agreement {validation['top1_agreement']:.2%}",
-        f"- Latency on that device: {validation['latency']}",
+        "- Latency on that device: "
+        + ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in validation["latency"].items()),
+    ]
+    npu = report.get("npu")
+    if npu:
+        lines.append(
+            f"- NPU {npu['accelerator']} (Vela, {npu['system_config']}, {npu['memory_mode']}): "
+            f"{npu['npu_cycles']:,} NPU cycles, {npu['total_cycles']:,} in all; SRAM {npu['sram_bytes']:,} B; "
+            f"flash {npu['off_chip_flash_bytes'] + npu['on_chip_flash_bytes']:,} B; "
+            f"ops on the CPU: {', '.join(npu['cpu_ops']) or 'none'}"
+        )
+    for region in (report.get("firmware") or {}).get("regions", []):
+        lines.append(
+            f"- {region['name']} (linker): {region['used']:,} of {region['total']:,} B used, "
+            f"{region['margin']:,} B free"
+        )
+    lines += [
         "",
         "## Budgets",
         "",
@@ -107,6 +86,8 @@ def run(ctx: BuildContext) -> str:
         "validation": ctx.validation,
         "budgets": ctx.budgets,
         "conversion": ctx.conversion,
+        "npu": ctx.npu or None,
+        "firmware": ctx.firmware or None,
         "stage_accuracy": ctx.stage_accuracy,
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,

@@ -91,12 +91,11 @@ def run(ctx: BuildContext) -> str:
         "latency": result.latency_summary(),
     }
     if np.issubdtype(result.outputs.dtype, np.integer):
-        keep_all = (
-            arena
-            + sum(int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in interpreter.get_tensor_details())
-            if arena is not None
-            else 0
+        # Keeping every tensor needs room for all of them and TFLM's bookkeeping besides the arena.
+        every_tensor = sum(
+            int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in interpreter.get_tensor_details()
         )
+        keep_all = 2 * (arena or 0) + every_tensor + 64 * 1024
         ops_compared = compare_ops(ctx.tflite, x[:OPCHECK_SAMPLES], target.runtime, keep_all)
         ctx.validation["ops"] = ops_compared
         ctx.validation["max_op_lsb_diff"] = max((r["max_own_lsb"] for r in ops_compared), default=0)
