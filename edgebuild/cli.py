@@ -8,21 +8,57 @@ This module must not import TensorFlow: ``--help`` and the listings stay fast.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgebuild import __version__
-from edgebuild.errors import EXIT_CONFIG, EdgebuildError
+from edgebuild.errors import EXIT_BUILD, EXIT_CONFIG, EdgebuildError
 from edgebuild.schema import all_names, find_file, load_recipe, load_target
 
 DEFAULT_RECIPE = "mnist"
 PROJECT_RECIPE = "edgebuild.toml"
 
 
-def _build(recipe: str | None, target: str, out: Path | None, quiet: bool) -> None:
+@dataclass(frozen=True)
+class CacheOptions:
+    """Where the stage cache lives, how large it may grow, and whether to use it."""
+
+    root: Path
+    max_bytes: int
+    enabled: bool
+
+
+def _cache_options(no_cache: bool, cache_dir: Path | None, cache_max_mb: int | None) -> CacheOptions:
+    from edgebuild.cache import default_max_bytes, default_root
+
+    max_bytes = cache_max_mb * 1024 * 1024 if cache_max_mb is not None else default_max_bytes()
+    return CacheOptions(cache_dir or default_root(), max_bytes, not no_cache)
+
+
+def _cache_flags(command: Any) -> Any:
+    """The --no-cache, --cache-dir and --cache-max-mb options."""
+    command = click.option(
+        "--cache-max-mb",
+        type=click.IntRange(min=1),
+        help="Stage cache size bound [default: 2048 or $EDGEBUILD_CACHE_MAX_BYTES].",
+    )(command)
+    command = click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Stage cache folder [default: $EDGEBUILD_CACHE_DIR or ~/.cache/edgebuild].",
+    )(command)
+    return click.option("--no-cache", is_flag=True, help="Rebuild every stage; neither read nor write the cache.")(
+        command
+    )
+
+
+def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, cache: CacheOptions) -> None:
     from edgebuild.budgets import budget_table
-    from edgebuild.pipeline import default_out, resolve, run_build
+    from edgebuild.cache import StageCache
+    from edgebuild.pipeline import current_report, default_out, resolve, run_build
     from edgebuild.progress import Reporter
 
     project = Path.cwd()
@@ -30,10 +66,14 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool) -> No
         recipe = PROJECT_RECIPE if (project / PROJECT_RECIPE).is_file() else DEFAULT_RECIPE
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = out if out is not None else default_out(loaded_recipe, loaded_target, project)
+    if cache.enabled and current_report(out_path, loaded_recipe, loaded_target) is not None:
+        click.echo(f"{loaded_recipe.name} for {loaded_target.name} is up to date in {out_path}")
+        return
     reporter = Reporter(quiet=quiet)
     if not quiet:
         reporter.note(f"building recipe {loaded_recipe.name} ({loaded_recipe.source}) for {loaded_target.name}")
-    report = run_build(loaded_recipe, loaded_target, out_path, reporter)
+    stage_cache = StageCache(cache.root, cache.max_bytes, enabled=cache.enabled)
+    report = run_build(loaded_recipe, loaded_target, out_path, reporter, stage_cache)
     if not quiet:
         reporter.table(budget_table(report["budgets"]))
     artifact = report["artifact"]
@@ -50,9 +90,19 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool) -> No
 @click.option("-r", "--recipe", help="Recipe: a name or a .toml path [default: ./edgebuild.toml, else mnist].")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
+@_cache_flags
 @click.version_option(__version__, prog_name="edgebuild")
 @click.pass_context
-def cli(ctx: click.Context, target: str | None, recipe: str | None, out: Path | None, quiet: bool) -> None:
+def cli(
+    ctx: click.Context,
+    target: str | None,
+    recipe: str | None,
+    out: Path | None,
+    quiet: bool,
+    no_cache: bool,
+    cache_dir: Path | None,
+    cache_max_mb: int | None,
+) -> None:
     """Build, compress, convert and validate a model for an edge device.
 
     \b
@@ -60,14 +110,15 @@ def cli(ctx: click.Context, target: str | None, recipe: str | None, out: Path | 
     edgebuild build -r digits -t cortex-m4
     edgebuild targets | edgebuild recipes
     edgebuild inspect model.tflite
+    edgebuild verify build/mnist/rpi4/manifest.json | edgebuild clean [--cache]
     """
     if ctx.invoked_subcommand is not None:
-        if target or recipe or out:
-            raise click.UsageError("put --target/--recipe/--out after the subcommand")
+        if target or recipe or out or no_cache or cache_dir or cache_max_mb:
+            raise click.UsageError("put build options after the subcommand")
         return
     if target is None:
         raise click.UsageError("no target given; try `edgebuild --target rpi4` (`edgebuild targets` lists them)")
-    _build(recipe, target, out, quiet)
+    _build(recipe, target, out, quiet, _cache_options(no_cache, cache_dir, cache_max_mb))
 
 
 @cli.command("build")
@@ -75,9 +126,18 @@ def cli(ctx: click.Context, target: str | None, recipe: str | None, out: Path | 
 @click.option("-r", "--recipe", help="Recipe name or .toml path [default: ./edgebuild.toml, else mnist].")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
-def build_command(target: str, recipe: str | None, out: Path | None, quiet: bool) -> None:
+@_cache_flags
+def build_command(
+    target: str,
+    recipe: str | None,
+    out: Path | None,
+    quiet: bool,
+    no_cache: bool,
+    cache_dir: Path | None,
+    cache_max_mb: int | None,
+) -> None:
     """Build a recipe for a target."""
-    _build(recipe, target, out, quiet)
+    _build(recipe, target, out, quiet, _cache_options(no_cache, cache_dir, cache_max_mb))
 
 
 @cli.command("targets")
@@ -100,6 +160,40 @@ def recipes_command() -> None:
     for name in all_names("recipes", project):
         recipe = load_recipe(find_file("recipes", name, project))
         click.echo(f"{name:<12} {recipe.description}")
+
+
+@cli.command("clean")
+@click.option("--cache", "clear_cache", is_flag=True, help="Also empty the stage cache.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="The stage cache folder.")
+def clean_command(clear_cache: bool, cache_dir: Path | None) -> None:
+    """Remove ./build (and with --cache, every stage cache entry)."""
+    import shutil
+
+    from edgebuild.cache import StageCache, default_root
+
+    build = Path.cwd() / "build"
+    if build.is_dir():
+        shutil.rmtree(build)
+        click.echo(f"removed {build}")
+    if clear_cache:
+        root = cache_dir or default_root()
+        freed = StageCache(root).clear()
+        click.echo(f"emptied the stage cache {root} ({freed:,} bytes)")
+
+
+@cli.command("verify")
+@click.argument("manifest", type=click.Path(path_type=Path))
+def verify_command(manifest: Path) -> None:
+    """Rebuild from a manifest.json in a temporary folder and report identical outputs or which differ."""
+    from edgebuild.verify import verify
+
+    differing = verify(manifest)
+    if differing:
+        raise EdgebuildError(
+            f"{manifest}: {len(differing)} output(s) differ from the rebuild: " + ", ".join(differing),
+            exit_code=EXIT_BUILD,
+        )
+    click.echo(f"{manifest}: identical: every reproducible output matches the rebuild")
 
 
 @cli.command("inspect")

@@ -41,6 +41,7 @@ class BuildContext:
     teacher: Any = None
     teacher_accuracy: float = float("nan")
     teacher_tflite_bytes: int = 0
+    teacher_parameters: int = 0
 
     # distill, prune, qat
     soft_targets: Teacher | None = None

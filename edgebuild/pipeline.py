@@ -10,6 +10,8 @@ folder, in one atomic exchange. A failure leaves the previous artifacts as they 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -19,13 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgebuild import __version__
 from edgebuild.budgets import budget_table, missed_summary
+from edgebuild.cache import Entry, StageCache, cache_key, default_max_bytes, default_root
 from edgebuild.context import BuildContext
 from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
+from edgebuild.manifest import input_files, up_to_date, write_manifest
 from edgebuild.progress import Reporter
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
-from edgebuild.tf import seed_everything
+from edgebuild.tf import seed_everything, versions
 
 STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
     ("preflight", preflight.run),
@@ -94,15 +99,82 @@ def _make_work_folder(out: Path) -> Path:
         ) from None
 
 
-def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> dict[str, Any]:
+# Stages whose results the cache keeps, in pipeline order; each module has
+# cache_parts(ctx), save(ctx) and restore(ctx, entry, need_model).
+CACHED_STAGES: dict[str, Any] = {
+    "baseline": baseline,
+    "distill": distill,
+    "prune": prune,
+    "qat": qat,
+    "convert": convert,
+    "validate": validate,
+}
+# Stages that hand Keras models to the next one; validate needs only the .tflite.
+MODEL_STAGES = ("baseline", "distill", "prune", "qat", "convert")
+
+
+def _cache_plan(ctx: BuildContext, cache: StageCache) -> dict[str, tuple[str, Entry | None]]:
+    """Each cached stage's key (chained from the inputs and every stage before it) and its entry, if any."""
+    recipe = ctx.recipe
+    previous = cache_key(
+        "inputs",
+        ctx.data.sha256(),
+        dataclasses.asdict(recipe.model),
+        input_files(recipe).get("model"),
+        recipe.seed,
+        recipe.train.validation_fraction,
+        versions(),
+        __version__,
+    )
+    plan: dict[str, tuple[str, Entry | None]] = {}
+    for name, module in CACHED_STAGES.items():
+        previous = cache_key(name, previous, module.cache_parts(ctx))
+        plan[name] = (previous, cache.load(previous))
+    return plan
+
+
+def _run_stage(
+    ctx: BuildContext, name: str, stage: Callable[[BuildContext], str], plan: dict[str, Any], cache: StageCache
+) -> str:
+    """Run a stage, or restore its result from the cache; store what a cacheable stage computed."""
+    if name not in plan:
+        return stage(ctx)
+    key, entry = plan[name]
+    module = CACHED_STAGES[name]
+    if entry is not None:
+        if not entry.meta.get("skipped"):
+            later = MODEL_STAGES[MODEL_STAGES.index(name) + 1 :] if name in MODEL_STAGES else ()
+            need_model = any(plan[stage_name][1] is None for stage_name in later)
+            module.restore(ctx, entry, need_model)
+        if entry.meta.get("stage_accuracy") is not None:
+            ctx.stage_accuracy[name] = entry.meta["stage_accuracy"]
+        return f"{entry.meta['summary']} (cached)"
+    summary = stage(ctx)
+    arrays: dict[str, Any]
+    meta: dict[str, Any]
+    if summary.startswith("skipped"):
+        arrays, meta = {}, {"skipped": True}
+    else:
+        arrays, meta = module.save(ctx)
+    meta.update(summary=summary, stage_accuracy=ctx.stage_accuracy.get(name))
+    cache.store(key, arrays, meta)
+    return summary
+
+
+def run_build(
+    recipe: Recipe, target: Target, out: Path, reporter: Reporter, cache: StageCache | None = None
+) -> dict[str, Any]:
     """Build ``recipe`` for ``target`` into ``out``; return the report.
 
-    Raises EdgebuildError (naming the stage) for user-facing failures and
-    BudgetError (exit 3) when a budget is missed; ``out`` is untouched then.
+    Reuses stage results from ``cache`` (none when it is None). Raises EdgebuildError
+    (naming the stage) for user-facing failures and BudgetError (exit 3) when a budget
+    is missed; ``out`` is untouched then.
     """
+    cache = cache or StageCache(Path("/nonexistent"), enabled=False)
     new_folders = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     work = _make_work_folder(out)
     ctx = BuildContext(recipe=recipe, target=target, out=out, work=work, reporter=reporter)
+    plan: dict[str, tuple[str, Entry | None]] = {}
     published = False
     try:
         for number, (name, stage) in enumerate(STAGES):
@@ -111,7 +183,11 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
             seed_everything(recipe.seed * 100 + number)
             start = time.perf_counter()
             try:
-                summary = stage(ctx)
+                summary = _run_stage(ctx, name, stage, plan, cache)
+                if name == "preflight":
+                    plan = _cache_plan(ctx, cache)
+                    for key in cache.corrupt:
+                        ctx.warn(f"cache entry {key[:12]} was corrupt (hash mismatch); it was removed and rebuilt")
             except EdgebuildError as e:
                 if not e.message.startswith(f"{name}:"):
                     e.message = f"{name}: {e.message}"
@@ -133,6 +209,7 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
                 f"{len(missed)} budget(s) missed for target {target.name}: {missed_summary(ctx.budgets)}",
                 hint="see the table above; the previous artifacts were left as they were",
             )
+        write_manifest(work, recipe, target, ctx.data.sha256())
         publish(work, out)
         published = True
     finally:
@@ -143,6 +220,14 @@ def run_build(recipe: Recipe, target: Target, out: Path, reporter: Reporter) -> 
                 if folder.exists() and not any(folder.iterdir()):
                     folder.rmdir()
     return ctx.report
+
+
+def current_report(out: Path, recipe: Recipe, target: Target) -> dict[str, Any] | None:
+    """The report of ``out`` when its outputs are current for these inputs (no TensorFlow), else None."""
+    if not up_to_date(out, recipe, target):
+        return None
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    return report
 
 
 def resolve(recipe: str | Path | Recipe, target: str | Path | Target, project: Path) -> tuple[Recipe, Target]:
@@ -160,14 +245,19 @@ def build(
     out: str | Path | None = None,
     *,
     quiet: bool = True,
+    cache: bool = True,
 ) -> dict[str, Any]:
     """Build a recipe for a target from Python and return the report (as in report.json).
 
     ``recipe`` and ``target`` are names, paths to TOML files, or loaded objects; ``out``
-    defaults to ``build/<recipe>/<target>`` under the current folder. Raises
-    EdgebuildError (with ``exit_code``) when the build fails or misses a budget.
+    defaults to ``build/<recipe>/<target>`` under the current folder. With ``cache``,
+    current outputs are kept and stage results are reused from the stage cache.
+    Raises EdgebuildError (with ``exit_code``) when the build fails or misses a budget.
     """
     project = Path.cwd()
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
-    return run_build(loaded_recipe, loaded_target, out_path, Reporter(quiet=quiet))
+    if cache and (report := current_report(out_path, loaded_recipe, loaded_target)) is not None:
+        return report
+    stage_cache = StageCache(default_root(), default_max_bytes(), enabled=cache)
+    return run_build(loaded_recipe, loaded_target, out_path, Reporter(quiet=quiet), stage_cache)

@@ -49,6 +49,16 @@ def teacher_logits(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarr
     return np.log(np.clip(probs, 1e-7, 1.0))
 
 
+def weights_of(model: Any) -> dict[str, np.ndarray]:
+    """A model's weights as named arrays (for the stage cache)."""
+    return {f"w{i:04d}": w for i, w in enumerate(model.get_weights())}
+
+
+def weights_from(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The weights ``weights_of`` named, in order."""
+    return [arrays[name] for name in sorted(arrays) if name.startswith("w")]
+
+
 def predict_classes(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Top-1 class of every input under a Keras model."""
     return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)

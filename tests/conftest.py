@@ -20,9 +20,9 @@ class Result:
     err: str
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 900) -> Result:
-    """Run ``python -m edgebuild ARGS`` in ``cwd`` and capture everything."""
-    env = {**os.environ, "COLUMNS": "200"}
+def run_cli(*args: str, cwd: Path, timeout: float = 900, env: dict[str, str] | None = None) -> Result:
+    """Run ``python -m edgebuild ARGS`` in ``cwd`` (with extra ``env``) and capture everything."""
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "edgebuild", *args],
         cwd=cwd,
@@ -42,6 +42,14 @@ def assert_one_line_error(result: Result, code: int, *needles: str) -> None:
     assert "Traceback" not in result.err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One stage cache for the whole test session, never the user's own."""
+    folder = tmp_path_factory.mktemp("edgebuild-cache")
+    os.environ["EDGEBUILD_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @pytest.fixture

@@ -8,10 +8,16 @@ no distillation.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.tf import keras
 from edgebuild.tflite import convert_keras
-from edgebuild.training import accuracy, fit_model
+from edgebuild.training import accuracy, fit_model, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> str:
@@ -31,12 +37,44 @@ def run(ctx: BuildContext) -> str:
     ctx.teacher = teacher
     ctx.teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test)
     ctx.teacher_tflite_bytes = len(convert_keras(teacher, "float32", "float32", None))
+    ctx.teacher_parameters = int(teacher.count_params())
     ctx.stage_accuracy["baseline"] = ctx.teacher_accuracy
-    if recipe.distill is None:
-        ctx.model = keras().models.clone_model(teacher)
-        ctx.model.set_weights(teacher.get_weights())
+    _copy_for_compression(ctx)
     trained = f"trained {recipe.train.epochs} epochs" if recipe.train.epochs else "loaded, not retrained"
     return (
-        f"float model {teacher.count_params()} parameters, {trained}: test accuracy "
+        f"float model {ctx.teacher_parameters} parameters, {trained}: test accuracy "
         f"{ctx.teacher_accuracy:.2%}, float32 .tflite {ctx.teacher_tflite_bytes} bytes"
     )
+
+
+def _copy_for_compression(ctx: BuildContext) -> None:
+    if ctx.recipe.distill is None:
+        ctx.model = keras().models.clone_model(ctx.teacher)
+        ctx.model.set_weights(ctx.teacher.get_weights())
+
+
+def cache_parts(ctx: BuildContext) -> list[Any]:
+    """What the trained teacher depends on beyond the inputs: the training settings."""
+    return [dataclasses.asdict(ctx.recipe.train)]
+
+
+def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The teacher's weights and measurements."""
+    meta = {
+        "teacher_accuracy": ctx.teacher_accuracy,
+        "teacher_tflite_bytes": ctx.teacher_tflite_bytes,
+        "teacher_parameters": ctx.teacher_parameters,
+    }
+    return weights_of(ctx.teacher), meta
+
+
+def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+    """Put a cached teacher back: its measurements, and its weights when a later stage trains."""
+    ctx.teacher_accuracy = entry.meta["teacher_accuracy"]
+    ctx.teacher_tflite_bytes = entry.meta["teacher_tflite_bytes"]
+    ctx.teacher_parameters = entry.meta["teacher_parameters"]
+    ctx.stage_accuracy["baseline"] = ctx.teacher_accuracy
+    if need_model:
+        ctx.float_model.set_weights(weights_from(entry.arrays))
+        ctx.teacher = ctx.float_model
+        _copy_for_compression(ctx)

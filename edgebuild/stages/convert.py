@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.tflite import convert_keras, io_details, make_interpreter
@@ -54,3 +55,19 @@ def run(ctx: BuildContext) -> str:
     }
     names = ", ".join(n for n, _, _ in converted)
     return f"{mode} .tflite {len(ctx.tflite)} bytes ({chosen} chosen of {names})"
+
+
+def cache_parts(ctx: BuildContext) -> list[Any]:
+    """The target's precision."""
+    return [ctx.target.precision.mode, ctx.target.precision.io]
+
+
+def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The .tflite bytes and how they were chosen."""
+    return {"tflite": np.frombuffer(ctx.tflite, dtype=np.uint8)}, {"conversion": ctx.conversion}
+
+
+def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+    """Put the cached .tflite back."""
+    ctx.tflite = entry.arrays["tflite"].tobytes()
+    ctx.conversion = entry.meta["conversion"]

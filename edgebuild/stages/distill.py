@@ -6,9 +6,15 @@ trained student) and ``ctx.soft_targets``, which prune and QAT keep learning fro
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.models import build_model
-from edgebuild.training import Teacher, accuracy, fit_model, teacher_logits
+from edgebuild.training import Teacher, accuracy, fit_model, teacher_logits, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> str:
@@ -19,7 +25,7 @@ def run(ctx: BuildContext) -> str:
     assert architecture is not None
     data = ctx.data
     ctx.soft_targets = Teacher(teacher_logits(ctx.teacher, ctx.x_fit), plan.temperature, plan.alpha)
-    student = build_model(architecture, data.input_shape, data.num_classes, plan.student_width)
+    student = _student(ctx)
     fit_model(
         student,
         ctx.x_fit,
@@ -38,3 +44,30 @@ def run(ctx: BuildContext) -> str:
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "
         f"test accuracy {ctx.stage_accuracy['distill']:.2%} (teacher {ctx.teacher_accuracy:.2%})"
     )
+
+
+def _student(ctx: BuildContext) -> Any:
+    plan, architecture = ctx.recipe.distill, ctx.recipe.student_architecture
+    assert plan is not None and architecture is not None
+    return build_model(architecture, ctx.data.input_shape, ctx.data.num_classes, plan.student_width)
+
+
+def cache_parts(ctx: BuildContext) -> list[Any]:
+    """The distillation settings."""
+    return [dataclasses.asdict(ctx.recipe.distill) if ctx.recipe.distill else None]
+
+
+def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The student's weights and the teacher's soft targets."""
+    assert ctx.soft_targets is not None
+    return {**weights_of(ctx.model), "soft_targets": ctx.soft_targets.logits}, {}
+
+
+def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+    """Put a cached student back (weights and soft targets only when a later stage trains)."""
+    plan = ctx.recipe.distill
+    assert plan is not None
+    if need_model:
+        ctx.model = _student(ctx)
+        ctx.model.set_weights(weights_from(entry.arrays))
+        ctx.soft_targets = Teacher(entry.arrays["soft_targets"], plan.temperature, plan.alpha)

@@ -6,13 +6,16 @@ pruned model with the pruning wrappers removed (its zeros are in the weights).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
+from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
-from edgebuild.tf import tfmot
-from edgebuild.training import accuracy, fit_model
+from edgebuild.tf import keras, tfmot
+from edgebuild.training import accuracy, fit_model, weights_from, weights_of
 
 
 def keras_sparsity(model: object) -> float:
@@ -63,3 +66,22 @@ def run(ctx: BuildContext) -> str:
         f"{plan.schedule} schedule to {sparsity.target:.0%}: kernel sparsity {keras_sparsity(ctx.model):.1%}, "
         f"test accuracy {ctx.stage_accuracy['prune']:.2%}"
     )
+
+
+def cache_parts(ctx: BuildContext) -> list[Any]:
+    """The pruning plan and the target's sparsity budget."""
+    plan = ctx.recipe.prune
+    return [dataclasses.asdict(plan) if plan else None, dataclasses.asdict(ctx.target.sparsity)]
+
+
+def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The pruned model's weights (its architecture is the input model's)."""
+    return weights_of(ctx.model), {}
+
+
+def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+    """Put the cached pruned weights into a copy of the model when a later stage needs it."""
+    if need_model:
+        pruned = keras().models.clone_model(ctx.model)
+        pruned.set_weights(weights_from(entry.arrays))
+        ctx.model = pruned

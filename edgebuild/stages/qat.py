@@ -6,9 +6,15 @@ stays as it was so convert can also try post-training quantization).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.tf import tfmot
-from edgebuild.training import accuracy, fit_model
+from edgebuild.training import accuracy, fit_model, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> str:
@@ -17,14 +23,7 @@ def run(ctx: BuildContext) -> str:
         return "skipped: the recipe has no [qat] table"
     if ctx.target.precision.mode != "int8":
         return f"skipped: the target's precision is {ctx.target.precision.mode}, QAT is for full-integer int8"
-    mot = tfmot()
-    annotated = mot.quantization.keras.quantize_annotate_model(ctx.model)
-    pruned = "prune" in ctx.stage_accuracy
-    scheme = mot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if pruned else None
-    if scheme is None:
-        qat_model = mot.quantization.keras.quantize_apply(annotated)
-    else:
-        qat_model = mot.quantization.keras.quantize_apply(annotated, scheme)
+    qat_model = _fake_quantized(ctx)
     fit_model(
         qat_model,
         ctx.x_fit,
@@ -39,5 +38,34 @@ def run(ctx: BuildContext) -> str:
     )
     ctx.qat_model = qat_model
     ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test)
-    kind = "prune-preserving " if pruned else ""
+    kind = "prune-preserving " if "prune" in ctx.stage_accuracy else ""
     return f"{kind}QAT {plan.epochs} epochs: fake-quantized test accuracy {ctx.stage_accuracy['qat']:.2%}"
+
+
+def _fake_quantized(ctx: BuildContext) -> Any:
+    """``ctx.model`` wrapped for QAT, with the prune-preserving scheme when it was pruned."""
+    mot = tfmot()
+    annotated = mot.quantization.keras.quantize_annotate_model(ctx.model)
+    if "prune" in ctx.stage_accuracy:
+        return mot.quantization.keras.quantize_apply(
+            annotated, mot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        )
+    return mot.quantization.keras.quantize_apply(annotated)
+
+
+def cache_parts(ctx: BuildContext) -> list[Any]:
+    """The QAT plan and whether the target is full-integer."""
+    plan = ctx.recipe.qat
+    return [dataclasses.asdict(plan) if plan else None, ctx.target.precision.mode]
+
+
+def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The fake-quantized model's weights (quantizer ranges included)."""
+    return weights_of(ctx.qat_model), {}
+
+
+def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+    """Rebuild the QAT model around ``ctx.model`` and load the cached weights, when convert needs it."""
+    if need_model:
+        ctx.qat_model = _fake_quantized(ctx)
+        ctx.qat_model.set_weights(weights_from(entry.arrays))

@@ -72,7 +72,6 @@ def _markdown(report: dict[str, Any], table: str) -> str:
 def run(ctx: BuildContext) -> str:
     start = time.perf_counter()
     ctx.budgets = check_budgets(ctx)
-    teacher = ctx.teacher
     report: dict[str, Any] = {
         "recipe": ctx.recipe.name,
         "target": ctx.target.name,
@@ -80,7 +79,7 @@ def run(ctx: BuildContext) -> str:
         "teacher": {
             "accuracy": ctx.teacher_accuracy,
             "tflite_bytes": ctx.teacher_tflite_bytes,
-            "parameters": int(teacher.count_params()),
+            "parameters": ctx.teacher_parameters,
         },
         "artifact": ctx.artifact,
         "validation": ctx.validation,

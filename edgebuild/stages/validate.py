@@ -10,11 +10,13 @@ is wrong) or when top-1 agreement falls below the profile's minimum.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
 import numpy as np
 
+from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.errors import BuildError
 from edgebuild.runners import RunResult
@@ -123,3 +125,19 @@ def run(ctx: BuildContext) -> str:
         f"{ctx.validation.get('max_op_lsb_diff', '-')}), "
         f"top-1 agreement {differences['top1_agreement']:.2%}"
     )
+
+
+def cache_parts(ctx: BuildContext) -> list[Any]:
+    """The runtime and how to validate (the model and test split are upstream in the key)."""
+    return [ctx.target.runtime, dataclasses.asdict(ctx.target.validate)]
+
+
+def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What validation measured."""
+    return {}, {"artifact": ctx.artifact, "validation": ctx.validation}
+
+
+def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+    """Put cached measurements back."""
+    ctx.artifact = entry.meta["artifact"]
+    ctx.validation = entry.meta["validation"]

@@ -1,0 +1,142 @@
+"""A content-addressed cache of stage results, bounded in size, least recently used out first.
+
+An entry lives in ``<root>/<key[:2]>/<key>/``: ``arrays.npz`` (weights, model bytes)
+and ``meta.json``, which records the sha256 of ``arrays.npz``. A key is the sha256 of
+everything the stage's result depends on (see ``cache_key``), so an entry never goes
+stale: a changed input is a different key. An entry whose hash does not match is
+deleted and rebuilt, never used. Reading an entry touches it; storing one evicts the
+least recently used entries until the cache fits its size bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def default_root() -> Path:
+    """``$EDGEBUILD_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgebuild``, else ``~/.cache/edgebuild``."""
+    if os.environ.get("EDGEBUILD_CACHE_DIR"):
+        return Path(os.environ["EDGEBUILD_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgebuild"
+
+
+def default_max_bytes() -> int:
+    """``$EDGEBUILD_CACHE_MAX_BYTES``, else 2 GiB."""
+    value = os.environ.get("EDGEBUILD_CACHE_MAX_BYTES", "")
+    return int(value) if value.isdigit() else DEFAULT_MAX_BYTES
+
+
+def cache_key(*parts: Any) -> str:
+    """The sha256 of a canonical JSON form of ``parts``."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stage result read back from the cache."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+class StageCache:
+    """Stage results by key under ``root``; ``enabled=False`` makes every lookup a miss and stores nothing."""
+
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_BYTES, enabled: bool = True):
+        self.root = root
+        self.max_bytes = max_bytes
+        self.enabled = enabled
+        self.corrupt: list[str] = []  # keys of entries found corrupt and removed
+
+    def _folder(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def load(self, key: str) -> Entry | None:
+        """The entry for ``key``, or None when absent, disabled or corrupt (a corrupt entry is removed)."""
+        folder = self._folder(key)
+        if not self.enabled or not (folder / "meta.json").is_file():
+            return None
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta.get("key") != key or _sha256(folder / "arrays.npz") != meta.get("arrays_sha256"):
+                raise ValueError("hash mismatch")
+            with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            self.corrupt.append(key)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        now = time.time()
+        os.utime(folder / "meta.json", (now, now))  # least recently used is judged by this
+        return Entry(arrays, meta["meta"])
+
+    def store(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Write an entry atomically (a temporary folder renamed into place), then evict to the size bound."""
+        if not self.enabled:
+            return
+        folder = self._folder(key)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=folder.parent))
+        try:
+            np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
+            record = {"key": key, "arrays_sha256": _sha256(tmp / "arrays.npz"), "meta": meta}
+            (tmp / "meta.json").write_text(json.dumps(record, default=str))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.evict()
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """Every entry as (last used, bytes, folder)."""
+        found = []
+        for meta in self.root.glob("??/*/meta.json"):
+            folder = meta.parent
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            found.append((meta.stat().st_mtime, size, folder))
+        return found
+
+    def evict(self) -> list[Path]:
+        """Remove least recently used entries until the cache is within ``max_bytes``; return them."""
+        entries = sorted(self.entries())
+        total = sum(size for _, size, _ in entries)
+        removed = []
+        for _, size, folder in entries:
+            if total <= self.max_bytes:
+                break
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+            removed.append(folder)
+        return removed
+
+    def clear(self) -> int:
+        """Delete every entry; return the bytes freed."""
+        freed = sum(size for _, size, _ in self.entries())
+        if self.root.exists():
+            for child in self.root.iterdir():
+                if len(child.name) == 2 and child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+        return freed
