@@ -18,7 +18,7 @@ rpi4: $(INSTALLED)
 	$(VENV)/bin/edgebuild --target rpi4
 
 test: $(INSTALLED)
-	$(VENV)/bin/ruff check edgebuild tests
-	$(VENV)/bin/ruff format --check edgebuild tests
+	$(VENV)/bin/ruff check edgebuild tests bench
+	$(VENV)/bin/ruff format --check edgebuild tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q

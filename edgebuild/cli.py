@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from edgebuild import __version__
-from edgebuild.errors import EXIT_BUILD, EXIT_CONFIG, EdgebuildError
+from edgebuild.errors import EXIT_BUILD, EXIT_CONFIG, ConfigError, EdgebuildError
 from edgebuild.schema import all_names, find_file, load_recipe, load_target
 
 DEFAULT_RECIPE = "mnist"
@@ -38,6 +38,27 @@ def _cache_options(no_cache: bool, cache_dir: Path | None, cache_max_mb: int | N
     return CacheOptions(cache_dir or default_root(), max_bytes, not no_cache)
 
 
+def _build_flags(command: Any) -> Any:
+    """The options of a build: sparsity conversion, device, cache."""
+    command = click.option(
+        "--convert-sparsity",
+        is_flag=True,
+        help="Prune channels when the target's sparsity structure would save nothing on its runtime.",
+    )(command)
+    command = click.option(
+        "--benchmark-binary",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="For --device adb: LiteRT's benchmark_model built for the phone.",
+    )(command)
+    command = click.option(
+        "-d",
+        "--device",
+        help="Also validate on: qemu (emulated arm64 Linux), ssh://user@host[:port], adb[:SERIAL] "
+        "[default: the target's validate.device].",
+    )(command)
+    return _cache_flags(command)
+
+
 def _cache_flags(command: Any) -> Any:
     """The --no-cache, --cache-dir and --cache-max-mb options."""
     command = click.option(
@@ -55,25 +76,47 @@ def _cache_flags(command: Any) -> Any:
     )
 
 
-def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, cache: CacheOptions) -> None:
+def _build(
+    recipe: str | None,
+    target: str,
+    out: Path | None,
+    quiet: bool,
+    cache: CacheOptions,
+    device: str | None = None,
+    benchmark_binary: Path | None = None,
+    convert_sparsity: bool = False,
+) -> None:
     from edgebuild.budgets import budget_table
     from edgebuild.cache import StageCache
-    from edgebuild.pipeline import current_report, default_out, resolve, run_build
+    from edgebuild.pipeline import build_options, current_report, default_out, resolve, run_build
     from edgebuild.progress import Reporter
+    from edgebuild.runners import parse_device
 
     project = Path.cwd()
     if recipe is None:
         recipe = PROJECT_RECIPE if (project / PROJECT_RECIPE).is_file() else DEFAULT_RECIPE
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = out if out is not None else default_out(loaded_recipe, loaded_target, project)
-    if cache.enabled and current_report(out_path, loaded_recipe, loaded_target) is not None:
+    spec = parse_device(device or loaded_target.validate.device)
+    if spec.kind != "host" and loaded_target.runtime == "tflm":
+        raise ConfigError(
+            f"--device {spec.label} runs LiteRT on Linux; "
+            f"target {loaded_target.name} validates on the TFLM interpreter",
+            hint="use --device with the rpi4 or android targets",
+        )
+    if spec.kind == "adb" and benchmark_binary is None:
+        raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
+    options = build_options(spec, convert_sparsity)
+    if cache.enabled and current_report(out_path, loaded_recipe, loaded_target, options) is not None:
         click.echo(f"{loaded_recipe.name} for {loaded_target.name} is up to date in {out_path}")
         return
     reporter = Reporter(quiet=quiet)
     if not quiet:
         reporter.note(f"building recipe {loaded_recipe.name} ({loaded_recipe.source}) for {loaded_target.name}")
     stage_cache = StageCache(cache.root, cache.max_bytes, enabled=cache.enabled)
-    report = run_build(loaded_recipe, loaded_target, out_path, reporter, stage_cache)
+    report = run_build(
+        loaded_recipe, loaded_target, out_path, reporter, stage_cache, spec, benchmark_binary, convert_sparsity
+    )
     if not quiet:
         reporter.table(budget_table(report["budgets"]))
     artifact = report["artifact"]
@@ -90,7 +133,7 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, cache
 @click.option("-r", "--recipe", help="Recipe: a name or a .toml path [default: ./edgebuild.toml, else mnist].")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
-@_cache_flags
+@_build_flags
 @click.version_option(__version__, prog_name="edgebuild")
 @click.pass_context
 def cli(
@@ -99,6 +142,9 @@ def cli(
     recipe: str | None,
     out: Path | None,
     quiet: bool,
+    device: str | None,
+    benchmark_binary: Path | None,
+    convert_sparsity: bool,
     no_cache: bool,
     cache_dir: Path | None,
     cache_max_mb: int | None,
@@ -113,12 +159,31 @@ def cli(
     edgebuild verify build/mnist/rpi4/manifest.json | edgebuild clean [--cache]
     """
     if ctx.invoked_subcommand is not None:
-        if target or recipe or out or no_cache or cache_dir or cache_max_mb:
+        if (
+            target
+            or recipe
+            or out
+            or device
+            or benchmark_binary
+            or convert_sparsity
+            or no_cache
+            or cache_dir
+            or cache_max_mb
+        ):
             raise click.UsageError("put build options after the subcommand")
         return
     if target is None:
         raise click.UsageError("no target given; try `edgebuild --target rpi4` (`edgebuild targets` lists them)")
-    _build(recipe, target, out, quiet, _cache_options(no_cache, cache_dir, cache_max_mb))
+    _build(
+        recipe,
+        target,
+        out,
+        quiet,
+        _cache_options(no_cache, cache_dir, cache_max_mb),
+        device,
+        benchmark_binary,
+        convert_sparsity,
+    )
 
 
 @cli.command("build")
@@ -126,18 +191,30 @@ def cli(
 @click.option("-r", "--recipe", help="Recipe name or .toml path [default: ./edgebuild.toml, else mnist].")
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
-@_cache_flags
+@_build_flags
 def build_command(
     target: str,
     recipe: str | None,
     out: Path | None,
     quiet: bool,
+    device: str | None,
+    benchmark_binary: Path | None,
+    convert_sparsity: bool,
     no_cache: bool,
     cache_dir: Path | None,
     cache_max_mb: int | None,
 ) -> None:
     """Build a recipe for a target."""
-    _build(recipe, target, out, quiet, _cache_options(no_cache, cache_dir, cache_max_mb))
+    _build(
+        recipe,
+        target,
+        out,
+        quiet,
+        _cache_options(no_cache, cache_dir, cache_max_mb),
+        device,
+        benchmark_binary,
+        convert_sparsity,
+    )
 
 
 @cli.command("targets")
@@ -160,6 +237,22 @@ def recipes_command() -> None:
     for name in all_names("recipes", project):
         recipe = load_recipe(find_file("recipes", name, project))
         click.echo(f"{name:<12} {recipe.description}")
+
+
+@cli.group("device")
+def device_group() -> None:
+    """Set up the devices validation can run on."""
+
+
+@device_group.command("setup")
+@click.argument("kind", type=click.Choice(["qemu"]))
+@click.option("--force", is_flag=True, help="Rebuild the emulated root even if one is cached.")
+def device_setup_command(kind: str, force: bool) -> None:
+    """Build (once) and cache the emulated arm64 Linux root that --device qemu runs in."""
+    from edgebuild.runners.qemu_arm64 import setup_root
+
+    root = setup_root(force=force)
+    click.echo(f"emulated arm64 Linux ready in {root}")
 
 
 @cli.command("clean")

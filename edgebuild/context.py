@@ -11,6 +11,7 @@ import numpy as np
 from edgebuild.datasets import Dataset
 from edgebuild.firmware import FirmwareModel
 from edgebuild.progress import Reporter
+from edgebuild.runners import DeviceSpec
 from edgebuild.schema import Recipe, Target
 from edgebuild.training import Teacher
 
@@ -28,6 +29,9 @@ class BuildContext:
     out: Path
     work: Path
     reporter: Reporter
+    device: DeviceSpec = field(default_factory=lambda: DeviceSpec("host"))  # validation also runs there
+    benchmark_binary: Path | None = None  # for adb devices
+    convert_sparsity: bool = False  # prune channels when the target's structure saves nothing
 
     # preflight
     dataset: Dataset | None = None
@@ -46,8 +50,10 @@ class BuildContext:
     # distill, prune, qat
     soft_targets: Teacher | None = None
     model: Any = None  # the model being compressed (the student when distilling)
+    pruning: dict[str, Any] = field(default_factory=dict)  # structure, measured sparsity, channels
     qat_model: Any = None
     stage_accuracy: dict[str, float] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's model: size, MACs, latency
 
     # convert
     tflite: bytes = b""

@@ -149,7 +149,7 @@ def _macs(op: str, inputs: list[dict[str, Any] | None], outputs: list[dict[str, 
     return 0
 
 
-def _parse(path: Path, model: bytes) -> dict[str, Any]:
+def parse_tflite(path: Path, model: bytes) -> dict[str, Any]:
     """Read ops, tensors, parameters, MACs and precision from verified ``.tflite`` bytes.
 
     Returns the parts of ``inspect_tflite``'s dict that come from the flatbuffer alone.
@@ -441,7 +441,7 @@ def inspect_tflite(path: Path, project: Path) -> dict[str, Any]:
     model = read_tflite(path)
     litert_error = _litert_check(path, model)
     info: dict[str, Any] = {"file": str(path), "bytes": len(model)}
-    info.update(_parse(path, model))
+    info.update(parse_tflite(path, model))
     info["litert"] = {"ok": litert_error is None, "error": litert_error}
     info["tflm"] = _tflm_check(model, info["inputs"])
     info["targets"] = []

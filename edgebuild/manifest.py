@@ -73,9 +73,13 @@ def settings(obj: Recipe | Target) -> dict[str, Any]:
     return settings
 
 
-def inputs_key(recipe: Recipe, target: Target) -> str:
-    """A fingerprint of everything a build's outputs depend on; no TensorFlow, no data loading."""
+def inputs_key(recipe: Recipe, target: Target, options: dict[str, Any]) -> str:
+    """A fingerprint of everything a build's outputs depend on; no TensorFlow, no data loading.
+
+    ``options`` are the command line's choices that change outputs (device, --convert-sparsity).
+    """
     parts = {
+        "options": options,
         "recipe": settings(recipe),
         "target": settings(target),
         "files": input_files(recipe),
@@ -94,11 +98,14 @@ def output_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def write_manifest(folder: Path, recipe: Recipe, target: Target, dataset_sha256: str) -> dict[str, Any]:
+def write_manifest(
+    folder: Path, recipe: Recipe, target: Target, dataset_sha256: str, options: dict[str, Any]
+) -> dict[str, Any]:
     """Write ``folder/manifest.json`` for the finished outputs in ``folder``; return it."""
     manifest = {
         "edgebuild_version": __version__,
-        "inputs_key": inputs_key(recipe, target),
+        "inputs_key": inputs_key(recipe, target, options),
+        "options": options,
         "inputs": {
             "recipe": {"name": recipe.name, "path": _absolute(recipe.source), "settings": settings(recipe)},
             "target": {"name": target.name, "path": _absolute(target.source), "settings": settings(target)},
@@ -126,10 +133,10 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def up_to_date(out: Path, recipe: Recipe, target: Target) -> bool:
+def up_to_date(out: Path, recipe: Recipe, target: Target, options: dict[str, Any]) -> bool:
     """Whether ``out`` holds the outputs of exactly these inputs, every file unchanged since the build."""
     manifest = read_manifest(out / MANIFEST)
-    if manifest is None or manifest.get("inputs_key") != inputs_key(recipe, target):
+    if manifest is None or manifest.get("inputs_key") != inputs_key(recipe, target, options):
         return False
     recorded = manifest.get("outputs")
     return isinstance(recorded, dict) and bool(recorded) and output_hashes(out) == recorded

@@ -28,6 +28,7 @@ from edgebuild.context import BuildContext
 from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
 from edgebuild.manifest import input_files, up_to_date, write_manifest
 from edgebuild.progress import Reporter
+from edgebuild.runners import DeviceSpec, parse_device
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
 from edgebuild.tf import seed_everything, versions
@@ -148,6 +149,8 @@ def _run_stage(
             module.restore(ctx, entry, need_model)
         if entry.meta.get("stage_accuracy") is not None:
             ctx.stage_accuracy[name] = entry.meta["stage_accuracy"]
+        if entry.meta.get("profile") is not None:
+            ctx.profiles["artifact" if name == "validate" else name] = entry.meta["profile"]
         return f"{entry.meta['summary']} (cached)"
     summary = stage(ctx)
     arrays: dict[str, Any]
@@ -156,24 +159,46 @@ def _run_stage(
         arrays, meta = {}, {"skipped": True}
     else:
         arrays, meta = module.save(ctx)
-    meta.update(summary=summary, stage_accuracy=ctx.stage_accuracy.get(name))
+    meta.update(
+        summary=summary,
+        stage_accuracy=ctx.stage_accuracy.get(name),
+        profile=ctx.profiles.get("artifact" if name == "validate" else name),
+    )
     cache.store(key, arrays, meta)
     return summary
 
 
 def run_build(
-    recipe: Recipe, target: Target, out: Path, reporter: Reporter, cache: StageCache | None = None
+    recipe: Recipe,
+    target: Target,
+    out: Path,
+    reporter: Reporter,
+    cache: StageCache | None = None,
+    device: DeviceSpec | None = None,
+    benchmark_binary: Path | None = None,
+    convert_sparsity: bool = False,
 ) -> dict[str, Any]:
     """Build ``recipe`` for ``target`` into ``out``; return the report.
 
-    Reuses stage results from ``cache`` (none when it is None). Raises EdgebuildError
-    (naming the stage) for user-facing failures and BudgetError (exit 3) when a budget
-    is missed; ``out`` is untouched then.
+    Reuses stage results from ``cache`` (none when it is None); validation also runs on
+    ``device`` (default: the target's validate.device). Raises EdgebuildError (naming the
+    stage) for user-facing failures and BudgetError (exit 3) when a budget is missed;
+    ``out`` is untouched then.
     """
+    device = device or parse_device(target.validate.device)
     cache = cache or StageCache(Path("/nonexistent"), enabled=False)
     new_folders = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     work = _make_work_folder(out)
-    ctx = BuildContext(recipe=recipe, target=target, out=out, work=work, reporter=reporter)
+    ctx = BuildContext(
+        recipe=recipe,
+        target=target,
+        out=out,
+        work=work,
+        reporter=reporter,
+        device=device,
+        benchmark_binary=benchmark_binary,
+        convert_sparsity=convert_sparsity,
+    )
     plan: dict[str, tuple[str, Entry | None]] = {}
     published = False
     try:
@@ -209,7 +234,7 @@ def run_build(
                 f"{len(missed)} budget(s) missed for target {target.name}: {missed_summary(ctx.budgets)}",
                 hint="see the table above; the previous artifacts were left as they were",
             )
-        write_manifest(work, recipe, target, ctx.data.sha256())
+        write_manifest(work, recipe, target, ctx.data.sha256(), build_options(device, convert_sparsity))
         publish(work, out)
         published = True
     finally:
@@ -222,9 +247,14 @@ def run_build(
     return ctx.report
 
 
-def current_report(out: Path, recipe: Recipe, target: Target) -> dict[str, Any] | None:
+def build_options(device: DeviceSpec, convert_sparsity: bool) -> dict[str, Any]:
+    """The command-line choices that change a build's outputs, as the manifest records them."""
+    return {"device": device.label, "convert_sparsity": convert_sparsity}
+
+
+def current_report(out: Path, recipe: Recipe, target: Target, options: dict[str, Any]) -> dict[str, Any] | None:
     """The report of ``out`` when its outputs are current for these inputs (no TensorFlow), else None."""
-    if not up_to_date(out, recipe, target):
+    if not up_to_date(out, recipe, target, options):
         return None
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
@@ -257,7 +287,8 @@ def build(
     project = Path.cwd()
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
-    if cache and (report := current_report(out_path, loaded_recipe, loaded_target)) is not None:
+    options = build_options(parse_device(loaded_target.validate.device), False)
+    if cache and (report := current_report(out_path, loaded_recipe, loaded_target, options)) is not None:
         return report
     stage_cache = StageCache(default_root(), default_max_bytes(), enabled=cache)
     return run_build(loaded_recipe, loaded_target, out_path, Reporter(quiet=quiet), stage_cache)

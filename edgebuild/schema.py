@@ -73,12 +73,36 @@ class Precision:
         return "invalid"
 
 
+SPARSITY_WHY_NOT = {
+    "unstructured": "zeros scattered through the weights are stored and computed like any other weight",
+    "2:4": "its kernels have no 2:4 sparse path, so the zeros are stored and computed",
+    "channel": "nothing: removing channels makes every tensor smaller",
+}
+
+
 @dataclass(frozen=True)
 class Sparsity:
-    """The fraction of weights pruning removes, and the pattern it removes them in."""
+    """How much pruning removes, in which pattern, and which patterns this runtime turns into savings.
+
+    ``target`` is the fraction of weights zeroed (unstructured, 2:4) or of channels
+    removed (channel). ``exploitable`` lists the structures the runtime cashes in;
+    preflight refuses any other (or converts it to channel pruning on request).
+    """
 
     target: float = field(default=0.0, metadata=_range(0.0, 0.95))
-    structure: Literal["unstructured"] = "unstructured"
+    structure: Literal["unstructured", "2:4", "channel"] = "channel"
+    exploitable: tuple[str, ...] = ("channel",)
+
+    def _check(self) -> None:
+        if self.structure == "2:4" and self.target not in (0.0, 0.5):
+            raise _Invalid("sparsity.target", "2:4 sparsity removes exactly half the weights", "set target = 0.5")
+        for structure in self.exploitable:
+            if structure not in SPARSITY_WHY_NOT:
+                raise _Invalid(
+                    "sparsity.exploitable",
+                    f"unknown structure {structure!r}",
+                    _suggest(structure, SPARSITY_WHY_NOT, "structures"),
+                )
 
 
 @dataclass(frozen=True)
@@ -153,6 +177,16 @@ class Validate:
     runner: Literal["litert-host", "tflm-host"]
     threads: int = field(default=1, metadata=_range(1, 64))
     min_top1_agreement: float = field(default=0.99, metadata=_range(0.0, 1.0))
+    device: str = "host"  # also run on: host | qemu | ssh://user@host[:port] | adb[:SERIAL]
+
+    def _check(self) -> None:
+        from edgebuild.errors import ConfigError
+        from edgebuild.runners import parse_device
+
+        try:
+            parse_device(self.device)
+        except ConfigError as e:
+            raise _Invalid("validate.device", e.message, e.hint) from None
 
 
 RUNNER_FOR_RUNTIME = {"litert": ("litert-host",), "tflm": ("tflm-host",)}
@@ -192,6 +226,12 @@ class Target:
                 "precision",
                 f"the {self.runtime!r} runtime has no kernels for {self.precision.mode} models",
                 f"use one of: {', '.join(PRECISION_FOR_RUNTIME[self.runtime])}",
+            )
+        if self.runtime == "tflm" and self.validate.device != "host":
+            raise _Invalid(
+                "validate.device",
+                f"{self.validate.device!r} runs LiteRT on Linux; a TFLM target validates on the TFLM interpreter",
+                "use device = 'host' for microcontroller targets",
             )
         if self.runtime == "tflm" and self.memory is None:
             raise _Invalid("memory", "a TFLM target needs a [memory] table", "add flash_bytes and ram_bytes")
@@ -271,11 +311,13 @@ class Distill:
 
 @dataclass(frozen=True)
 class Prune:
-    """TF-MOT magnitude pruning up to the target's sparsity, then stripped."""
+    """Pruning to the target's sparsity: channel removal in steps, or TF-MOT magnitude pruning."""
 
-    schedule: Literal["polynomial", "constant"] = "polynomial"
-    epochs: int = field(default=4, metadata=_range(1, 10_000))
+    schedule: Literal["polynomial", "constant"] = "polynomial"  # magnitude pruning's sparsity schedule
+    epochs: int = field(default=4, metadata=_range(1, 10_000))  # fine-tuning epochs in all
     learning_rate: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
+    criterion: Literal["l1", "l2", "taylor"] = "l2"  # channel importance
+    steps: int = field(default=2, metadata=_range(1, 20))  # channel pruning in this many steps
 
 
 @dataclass(frozen=True)
@@ -372,6 +414,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(value, options[0], key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Invalid(key, f"expected a list, got {type(value).__name__} {value!r}")
+        item_type = typing.get_args(tp)[0]
+        return tuple(_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

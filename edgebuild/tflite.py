@@ -41,11 +41,12 @@ def captured_stderr() -> Iterator[list[str]]:
             captured.append(buffer.read().decode("utf-8", "replace"))
 
 
-def convert_keras(model: Any, mode: str, io: str, representative: np.ndarray | None) -> bytes:
+def convert_keras(model: Any, mode: str, io: str, representative: np.ndarray | None, *, sparse: bool = False) -> bytes:
     """Convert a tf_keras model to ``.tflite`` bytes.
 
     ``mode`` is ``int8`` (full integer; needs ``representative`` inputs), ``dynamic``,
-    ``float16`` or ``float32``; ``io`` is the input/output dtype of an int8 model.
+    ``float16`` or ``float32``; ``io`` is the input/output dtype of an int8 model;
+    ``sparse`` stores sparse weights in TFLite's sparse format (for 2:4 models).
     Raises BuildError with the converter's own message when conversion fails.
     """
     from edgebuild.tf import tf
@@ -57,6 +58,8 @@ def convert_keras(model: Any, mode: str, io: str, representative: np.ndarray | N
     converter = t.lite.TFLiteConverter.from_concrete_functions([function], model)
     if mode in ("int8", "dynamic", "float16"):
         converter.optimizations = [t.lite.Optimize.DEFAULT]
+    if sparse:
+        converter.optimizations = [*converter.optimizations, t.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if mode == "float16":
         converter.target_spec.supported_types = [t.float16]
     if mode == "int8":

@@ -11,6 +11,7 @@ from edgebuild.errors import ConfigError
 from edgebuild.manifest import NOT_REPRODUCIBLE, input_files, output_hashes, read_manifest, settings
 from edgebuild.pipeline import run_build
 from edgebuild.progress import Reporter
+from edgebuild.runners import parse_device
 from edgebuild.schema import load_recipe, load_target
 
 
@@ -26,6 +27,7 @@ def verify(manifest_path: Path) -> list[str]:
             f"{manifest_path}: not an edgebuild manifest.json", hint="give build/<recipe>/<target>/manifest.json"
         )
     inputs = manifest["inputs"]
+    options = manifest.get("options", {})
     recipe = load_recipe(Path(inputs["recipe"]["path"]))
     target = load_target(Path(inputs["target"]["path"]))
     for what, loaded in (("recipe", recipe), ("target", target)):
@@ -36,7 +38,15 @@ def verify(manifest_path: Path) -> list[str]:
             raise ConfigError(f"{manifest_path}: the {what} {recorded['spec']} changed since the build")
     with tempfile.TemporaryDirectory(prefix="edgebuild-verify-") as tmp:
         out = Path(tmp) / "out"
-        run_build(recipe, target, out, Reporter(quiet=True), StageCache(Path(tmp) / "cache", enabled=False))
+        run_build(
+            recipe,
+            target,
+            out,
+            Reporter(quiet=True),
+            StageCache(Path(tmp) / "cache", enabled=False),
+            device=parse_device(options.get("device", target.validate.device)),
+            convert_sparsity=bool(options.get("convert_sparsity", False)),
+        )
         rebuilt = output_hashes(out)
     recorded_outputs: dict[str, str] = manifest["outputs"]
     names = sorted(set(rebuilt) | set(recorded_outputs))

@@ -65,7 +65,8 @@ def test_misspelled_table_is_suggested(tmp_path: Path) -> None:
         ("seed = 0", "seed = true", "seed.*expected an integer, got bool"),
         ('architecture = "small_cnn"', 'architecture = "small_cnm"', "model.architecture.*did you mean 'small_cnn'"),
         ('dataset = "mnist"', 'dataset = "mnst"', "dataset.*did you mean 'mnist'"),
-        ('schedule = "polynomial"', 'schedule = "linear"', "prune.schedule.*not allowed"),
+        ('criterion = "taylor"', 'criterion = "taylr"', "prune.criterion.*did you mean 'taylor'"),
+        ("steps = 3", "steps = 0", "prune.steps.*out of range"),
         ('architecture = "small_cnn"', 'architecture = "small_cnn"\npath = "m.keras"', "exactly one of"),
     ],
 )
@@ -83,7 +84,9 @@ def test_recipe_mistakes(tmp_path: Path, old: str, new: str, message: str) -> No
         ('weights = "int8"', 'weights = "float16"', "precision.*not a conversion"),
         ('runner = "litert-host"', 'runner = "tflm-host"', "validate.runner.*cannot run the 'litert' runtime"),
         ("target = 0.5", "target = 0.99", "sparsity.target.*out of range"),
-        ('structure = "unstructured"', 'structure = "2:4x"', "sparsity.structure"),
+        ('structure = "channel"', 'structure = "2:4x"', "sparsity.structure.*did you mean '2:4'"),
+        ('exploitable = ["channel"]', 'exploitable = ["chanel"]', "sparsity.exploitable.*did you mean 'channel'"),
+        ('exploitable = ["channel"]', 'exploitable = "channel"', "sparsity.exploitable.*expected a list"),
         ("max_accuracy_drop = 0.01", "max_accuracy_drop = -0.01", "budgets.max_accuracy_drop.*out of range"),
         ("max_accuracy_drop = 0.01", "# none", "budgets.max_accuracy_drop.*missing required key"),
     ],
@@ -93,6 +96,13 @@ def test_target_mistakes(tmp_path: Path, old: str, new: str, message: str) -> No
     assert old in text
     with pytest.raises(ConfigError, match=message):
         load_target(write(tmp_path, "t.toml", text.replace(old, new, 1)))
+
+
+def test_two_four_sparsity_is_half(tmp_path: Path) -> None:
+    text = shipped("targets", "rpi4").replace('structure = "channel"', 'structure = "2:4"')
+    load_target(write(tmp_path, "ok.toml", text))
+    with pytest.raises(ConfigError, match="sparsity.target.*2:4 sparsity removes exactly half"):
+        load_target(write(tmp_path, "t.toml", text.replace("target = 0.5", "target = 0.3")))
 
 
 def test_tflm_refuses_dynamic_range(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def run(ctx: BuildContext) -> str:
     x_sel, y_sel = x_sel[:SELECTION_SAMPLES], y_sel[:SELECTION_SAMPLES]
     converted: list[tuple[str, bytes, float]] = []
     for name, model in candidates:
-        tflite = convert_keras(model, mode, precision.io, representative)
+        tflite = convert_keras(model, mode, precision.io, representative, sparse=ctx.pruning.get("structure") == "2:4")
         score = _score(tflite, x_sel, y_sel)
         converted.append((name, tflite, score))
         if len(candidates) > 1:

@@ -14,6 +14,7 @@ import numpy as np
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.models import build_model
+from edgebuild.profile import profile_keras
 from edgebuild.training import Teacher, accuracy, fit_model, teacher_logits, weights_from, weights_of
 
 
@@ -40,6 +41,7 @@ def run(ctx: BuildContext) -> str:
     )
     ctx.model = student
     ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test)
+    ctx.profiles["distill"] = profile_keras(student, ctx.x_fit[0])
     return (
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "
         f"test accuracy {ctx.stage_accuracy['distill']:.2%} (teacher {ctx.teacher_accuracy:.2%})"

@@ -8,6 +8,7 @@ for a budget the planned model can never meet, however well it trains.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any
@@ -19,6 +20,7 @@ from edgebuild.datasets import load_dataset, split_validation
 from edgebuild.errors import BudgetError, BuildError, ConfigError
 from edgebuild.models import build_model, load_model
 from edgebuild.runners.tflm_host import check_loads
+from edgebuild.schema import SPARSITY_WHY_NOT
 from edgebuild.tflite import convert_keras, make_interpreter
 
 BYTES_PER_WEIGHT = {"int8": 1, "dynamic": 1, "float16": 2, "float32": 4}
@@ -121,6 +123,21 @@ def run(ctx: BuildContext) -> str:
         assert student_arch is not None
         deployed = build_model(student_arch, data.input_shape, data.num_classes, recipe.distill.student_width)
 
+    sparsity = target.sparsity
+    if sparsity.target > 0 and sparsity.structure not in sparsity.exploitable:
+        if not ctx.convert_sparsity:
+            raise ConfigError(
+                f"{target.source}: key 'sparsity.structure': the {target.runtime} runtime of {target.name} cannot "
+                f"cash in {sparsity.structure} sparsity ({SPARSITY_WHY_NOT[sparsity.structure]}); it exploits "
+                f"{', '.join(sparsity.exploitable) or 'no sparsity'}",
+                hint="use structure = 'channel', or pass --convert-sparsity to prune channels instead",
+            )
+        ctx.target = target = dataclasses.replace(target, sparsity=dataclasses.replace(sparsity, structure="channel"))
+        ctx.warn(
+            f"{sparsity.structure} sparsity saves nothing on {target.name}; pruning {sparsity.target:.0%} of "
+            "the channels instead (--convert-sparsity)"
+        )
+
     if target.sparsity.target > 0 and recipe.prune is None:
         raise BudgetError(
             f"{target.source}: key 'sparsity.target' asks for {target.sparsity.target:.0%} sparsity "
@@ -133,12 +150,14 @@ def run(ctx: BuildContext) -> str:
 
     mode = target.precision.mode
     params = int(deployed.count_params())
-    min_bytes = params * BYTES_PER_WEIGHT[mode]  # unstructured sparsity saves no bytes in a .tflite
+    kept = (1.0 - target.sparsity.target) ** 2 if target.sparsity.structure == "channel" else 1.0
+    # Channel pruning shrinks a layer's inputs and outputs; zeros (unstructured, 2:4) save no bytes.
+    min_bytes = int(params * kept * BYTES_PER_WEIGHT[mode])
     limit = target.budgets.model_bytes
     if limit is not None and min_bytes > limit:
         raise BudgetError(
             f"{target.source}: key 'budgets.model_bytes': the model to deploy has {params} parameters, "
-            f"so its {mode} .tflite is at least {min_bytes} bytes, more than the budget of {limit}",
+            f"so its {mode} .tflite is at least {min_bytes} bytes even after pruning, more than the budget of {limit}",
             hint="use a narrower model (model.width or distill.student_width) or a larger budget",
         )
     arena_limit = target.budgets.arena_bytes

@@ -1,7 +1,10 @@
-"""Prune: TF-MOT magnitude pruning up to the target's sparsity, then stripped.
+"""Prune: meet the target's sparsity budget in the structure its runtime can cash in.
 
-Reads ``ctx.model`` and the target's [sparsity] table. Writes ``ctx.model``, the
-pruned model with the pruning wrappers removed (its zeros are in the weights).
+Reads ``ctx.model`` and the target's [sparsity] table. Writes ``ctx.model`` and
+``ctx.pruning``. ``channel``: whole filters and units are removed and a physically
+smaller model is rebuilt (``edgebuild.surgery``), in steps with fine-tuning (from the
+teacher when distilling). ``unstructured`` and ``2:4``: TF-MOT's magnitude pruning,
+stripped afterwards (the zeros are in the weights).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
+from edgebuild.profile import profile_keras
+from edgebuild.surgery import LayerChannels, producer_channels, prune_channels
 from edgebuild.tf import keras, tfmot
 from edgebuild.training import accuracy, fit_model, weights_from, weights_of
 
@@ -36,35 +41,87 @@ def run(ctx: BuildContext) -> str:
         return "skipped: the recipe has no [prune] table"
     if sparsity.target == 0:
         return "skipped: the target asks for no sparsity"
+    summary = _prune_channels(ctx) if sparsity.structure == "channel" else _prune_magnitude(ctx)
+    ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test)
+    ctx.profiles["prune"] = profile_keras(ctx.model, ctx.x_fit[0])
+    return f"{summary}, test accuracy {ctx.stage_accuracy['prune']:.2%}"
+
+
+def _fine_tune(ctx: BuildContext, model: Any, epochs: int, what: str, callbacks: tuple[Any, ...] = ()) -> None:
+    plan = ctx.recipe.prune
+    assert plan is not None
+    fit_model(
+        model,
+        ctx.x_fit,
+        ctx.y_fit,
+        epochs=epochs,
+        batch_size=ctx.recipe.train.batch_size,
+        learning_rate=plan.learning_rate or ctx.recipe.train.learning_rate,
+        seed=ctx.recipe.seed + 2,
+        reporter=ctx.reporter,
+        what=what,
+        teacher=ctx.soft_targets,
+        callbacks=callbacks,
+    )
+
+
+def _prune_magnitude(ctx: BuildContext) -> str:
+    """TF-MOT magnitude pruning: unstructured, or 2:4 (two of every four weights zero)."""
+    plan, sparsity = ctx.recipe.prune, ctx.target.sparsity
+    assert plan is not None
     mot = tfmot().sparsity.keras
-    batch_size = ctx.recipe.train.batch_size
-    steps_per_epoch = math.ceil(len(ctx.x_fit) / batch_size)
+    steps_per_epoch = math.ceil(len(ctx.x_fit) / ctx.recipe.train.batch_size)
     frequency = max(1, steps_per_epoch // 4)
-    if plan.schedule == "polynomial":
+    extra: dict[str, Any] = {}
+    if sparsity.structure == "2:4":
+        # The M-by-N pattern is fixed at 50 %; the schedule only says when masks update.
+        schedule = mot.ConstantSparsity(0.5, begin_step=0, frequency=frequency)
+        extra["sparsity_m_by_n"] = (2, 4)
+    elif plan.schedule == "polynomial":
         # Reach the target one epoch before the end, so the last epoch recovers at it.
         end_step = max(frequency, steps_per_epoch * max(1, plan.epochs - 1))
         schedule = mot.PolynomialDecay(0.0, sparsity.target, begin_step=0, end_step=end_step, frequency=frequency)
     else:
         schedule = mot.ConstantSparsity(sparsity.target, begin_step=0, frequency=frequency)
-    wrapped = mot.prune_low_magnitude(ctx.model, pruning_schedule=schedule)
-    fit_model(
-        wrapped,
-        ctx.x_fit,
-        ctx.y_fit,
-        epochs=plan.epochs,
-        batch_size=batch_size,
-        learning_rate=plan.learning_rate or ctx.recipe.train.learning_rate,
-        seed=ctx.recipe.seed + 2,
-        reporter=ctx.reporter,
-        what="prune",
-        teacher=ctx.soft_targets,
-        callbacks=(mot.UpdatePruningStep(),),
-    )
+    wrapped = mot.prune_low_magnitude(ctx.model, pruning_schedule=schedule, **extra)
+    _fine_tune(ctx, wrapped, plan.epochs, "prune", (mot.UpdatePruningStep(),))
     ctx.model = mot.strip_pruning(wrapped)
-    ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test)
+    ctx.pruning = {"structure": sparsity.structure, "measured": keras_sparsity(ctx.model)}
+    what = "2:4 pattern" if sparsity.structure == "2:4" else f"{plan.schedule} schedule to {sparsity.target:.0%}"
+    return f"{what}: kernel sparsity {ctx.pruning['measured']:.1%}"
+
+
+def _prune_channels(ctx: BuildContext) -> str:
+    """Remove the least important channels in ``plan.steps`` steps, fine-tuning after each."""
+    plan, sparsity = ctx.recipe.prune, ctx.target.sparsity
+    assert plan is not None
+    original = producer_channels(ctx.model)
+    params_before = int(ctx.model.count_params())
+    epochs_per_step = max(1, math.ceil(plan.epochs / plan.steps))
+    layers: list[LayerChannels] = []
+    for step in range(1, plan.steps + 1):
+        fraction = sparsity.target * step / plan.steps
+        ctx.model, layers = prune_channels(
+            ctx.model,
+            fraction,
+            criterion=plan.criterion,
+            data=(ctx.x_fit[:1024], ctx.y_fit[:1024]),
+            original_channels=original,
+        )
+        _fine_tune(ctx, ctx.model, epochs_per_step, f"channel prune {step}/{plan.steps} ({fraction:.0%})")
+    prunable = [layer for layer in layers if layer.after < layer.before]
+    removed = 1 - sum(layer.after for layer in prunable) / max(1, sum(layer.before for layer in prunable))
+    ctx.pruning = {
+        "structure": "channel",
+        "criterion": plan.criterion,
+        "measured": removed,
+        "parameters_before": params_before,
+        "parameters_after": int(ctx.model.count_params()),
+        "layers": [dataclasses.asdict(layer) for layer in layers],
+    }
     return (
-        f"{plan.schedule} schedule to {sparsity.target:.0%}: kernel sparsity {keras_sparsity(ctx.model):.1%}, "
-        f"test accuracy {ctx.stage_accuracy['prune']:.2%}"
+        f"{plan.steps} steps of {plan.criterion} channel pruning: {removed:.1%} of prunable channels removed, "
+        f"parameters {params_before:,} -> {ctx.pruning['parameters_after']:,}"
     )
 
 
@@ -75,13 +132,14 @@ def cache_parts(ctx: BuildContext) -> list[Any]:
 
 
 def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The pruned model's weights (its architecture is the input model's)."""
-    return weights_of(ctx.model), {}
+    """The pruned model: its architecture (smaller after channel pruning), weights and pruning report."""
+    return weights_of(ctx.model), {"model_json": ctx.model.to_json(), "pruning": ctx.pruning}
 
 
 def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
-    """Put the cached pruned weights into a copy of the model when a later stage needs it."""
+    """Put the cached pruning report back, and the pruned model when a later stage needs it."""
+    ctx.pruning = entry.meta["pruning"]
     if need_model:
-        pruned = keras().models.clone_model(ctx.model)
+        pruned = keras().models.model_from_json(entry.meta["model_json"])
         pruned.set_weights(weights_from(entry.arrays))
         ctx.model = pruned

@@ -38,15 +38,20 @@ def run(ctx: BuildContext) -> str:
     )
     ctx.qat_model = qat_model
     ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test)
-    kind = "prune-preserving " if "prune" in ctx.stage_accuracy else ""
+    kind = "prune-preserving " if _has_zeros(ctx) else ""
     return f"{kind}QAT {plan.epochs} epochs: fake-quantized test accuracy {ctx.stage_accuracy['qat']:.2%}"
+
+
+def _has_zeros(ctx: BuildContext) -> bool:
+    """Whether pruning left zeros in the weights that QAT must keep (not after channel removal)."""
+    return ctx.pruning.get("structure") in ("unstructured", "2:4")
 
 
 def _fake_quantized(ctx: BuildContext) -> Any:
     """``ctx.model`` wrapped for QAT, with the prune-preserving scheme when it was pruned."""
     mot = tfmot()
     annotated = mot.quantization.keras.quantize_annotate_model(ctx.model)
-    if "prune" in ctx.stage_accuracy:
+    if _has_zeros(ctx):
         return mot.quantization.keras.quantize_apply(
             annotated, mot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
         )

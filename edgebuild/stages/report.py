@@ -18,6 +18,35 @@ from edgebuild.context import BuildContext
 from edgebuild.tf import versions
 
 
+def _evolution(report: dict[str, Any]) -> list[str]:
+    """The model after each stage, and the channels channel pruning kept."""
+    names = {"baseline": "float teacher", "distill": "student", "prune": "pruned", "artifact": "artifact"}
+    profiles = report["profiles"]
+    lines = [
+        "",
+        "## The model at each stage",
+        "",
+        "| stage | accuracy | parameters | MACs | .tflite bytes | TFLM arena | host latency (1 thread) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for stage, label in names.items():
+        p = profiles.get(stage)
+        if not p:
+            continue
+        accuracy = report["stage_accuracy"].get(stage, p.get("accuracy"))
+        arena = f"{p['arena_bytes']:,}" if p.get("arena_bytes") else "-"
+        lines.append(
+            f"| {label} | {accuracy:.2%} | {p['parameters']:,} | {p['macs']:,} | {p['tflite_bytes']:,} | {arena} | "
+            f"{p['host_latency_ms'] * 1000:.1f} µs |"
+        )
+    pruning = report.get("pruning") or {}
+    if pruning.get("layers"):
+        lines += ["", f"Channel pruning ({pruning['criterion']}):", "", "| layer | kind | channels before | after |"]
+        lines.append("|---|---|---:|---:|")
+        lines += [f"| {c['layer']} | {c['kind']} | {c['before']} | {c['after']} |" for c in pruning["layers"]]
+    return lines
+
+
 def _markdown(report: dict[str, Any], table: str) -> str:
     teacher, artifact, validation = report["teacher"], report["artifact"], report["validation"]
     lines = [
@@ -50,6 +79,7 @@ def _markdown(report: dict[str, Any], table: str) -> str:
             f"- {region['name']} (linker): {region['used']:,} of {region['total']:,} B used, "
             f"{region['margin']:,} B free"
         )
+    lines += _evolution(report)
     lines += [
         "",
         "## Budgets",
@@ -88,6 +118,8 @@ def run(ctx: BuildContext) -> str:
         "npu": ctx.npu or None,
         "firmware": ctx.firmware or None,
         "stage_accuracy": ctx.stage_accuracy,
+        "profiles": ctx.profiles,
+        "pruning": ctx.pruning or None,
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,
         "versions": versions(),

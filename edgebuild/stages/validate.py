@@ -19,7 +19,8 @@ import numpy as np
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.errors import BuildError
-from edgebuild.runners import RunResult
+from edgebuild.profile import profile_tflite
+from edgebuild.runners import RunResult, device_runner
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
 from edgebuild.runners.tflm_host import TflmHost, find_min_arena
@@ -76,12 +77,20 @@ def run(ctx: BuildContext) -> str:
         "tflite_bytes": len(ctx.tflite),
         "sha256": hashlib.sha256(ctx.tflite).hexdigest(),
         "precision": target.precision.mode,
-        "sparsity": zeros / total if total else 0.0,
+        # The budget's measure: removed channels for channel pruning, zero weights otherwise.
+        "sparsity": ctx.pruning["measured"] if ctx.pruning.get("structure") == "channel" else zeros / max(total, 1),
+        "sparsity_structure": ctx.pruning.get("structure", "none"),
+        "zero_weights": zeros / total if total else 0.0,
         "weights": total,
         "arena_bytes": arena,
         "ops": {op: ops.count(op) for op in sorted(set(ops))},
         "inputs": [t.as_dict() for t in inputs],
         "outputs": [t.as_dict() for t in outputs],
+    }
+    ctx.profiles["artifact"] = {
+        **profile_tflite(ctx.tflite, data.x_test[0], arena=False),
+        "arena_bytes": arena,
+        "accuracy": accuracy,
     }
     ctx.validation = {
         "runner": target.validate.runner,
@@ -116,6 +125,12 @@ def run(ctx: BuildContext) -> str:
             f"below the target's validate.min_top1_agreement of {minimum:.2%}",
             hint="lower validate.min_top1_agreement only if such disagreement is expected",
         )
+    if ctx.device.kind != "host":
+        device_run = _run_on_device(ctx, x, reference.outputs)
+        ctx.validation["device_run"] = device_run
+        if device_run.get("accuracy") is not None:
+            ctx.artifact["host_accuracy"] = accuracy
+            ctx.artifact["accuracy"] = accuracy = device_run["accuracy"]
     lsb = differences["max_lsb_diff"]
     arena_text = f", arena {arena} bytes" if arena is not None else ""
     return (
@@ -127,9 +142,42 @@ def run(ctx: BuildContext) -> str:
     )
 
 
+def _run_on_device(ctx: BuildContext, x: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Run the artifact on ``ctx.device``: accuracy, latency and output differences measured there.
+
+    Raises BuildError when the device's reference kernels do not reproduce the host's
+    reference-kernel outputs bit for bit (integer kernels give the same bits everywhere).
+    """
+    runner = device_runner(ctx.device, ctx.benchmark_binary)
+    label = ctx.device.label
+    result = runner.run(ctx.tflite, x)
+    info: dict[str, Any] = {
+        "device": label,
+        "measured_on": result.device,
+        "emulated": result.emulated,
+        "latency": result.latency_summary(),
+        "latency_note": "emulated: says nothing about real speed" if result.emulated else "measured on the device",
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "accuracy": None,
+    }
+    if result.outputs.size == 0:  # a benchmark binary measures latency only
+        return info
+    info["accuracy"] = float(np.mean(np.argmax(result.outputs, axis=-1) == ctx.data.y_test))
+    info["vs_host_reference"] = compare_outputs(result.outputs, reference)
+    same = compare_outputs(runner.run(ctx.tflite, x, reference=True).outputs, reference)
+    info["reference_kernels_vs_host"] = same
+    if same["mismatched_outputs"]:
+        raise BuildError(
+            f"validate: on {label}, LiteRT's reference kernels give {same['mismatched_outputs']} outputs different "
+            f"from the host's (max {same['max_lsb_diff']} LSB); they should be bit-identical",
+            hint="the device's LiteRT build or the copied model is not what the host ran",
+        )
+    return info
+
+
 def cache_parts(ctx: BuildContext) -> list[Any]:
-    """The runtime and how to validate (the model and test split are upstream in the key)."""
-    return [ctx.target.runtime, dataclasses.asdict(ctx.target.validate)]
+    """The runtime, how to validate and on which device (the model and test split are upstream in the key)."""
+    return [ctx.target.runtime, dataclasses.asdict(ctx.target.validate), ctx.device.label]
 
 
 def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

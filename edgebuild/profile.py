@@ -1,0 +1,61 @@
+"""What each stage's model costs: parameters, MACs, bytes, TFLM arena, host latency.
+
+The report shows these for the float teacher, the student, the pruned model and the
+artifact, so the effect of every stage of the pipeline is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebuild.errors import BuildError
+from edgebuild.inspect import parse_tflite
+from edgebuild.runners.tflm_host import find_min_arena
+from edgebuild.tflite import convert_keras, io_details, make_interpreter
+
+LATENCY_RUNS = 1000
+
+
+def host_latency_ms(model: bytes, sample: np.ndarray, runs: int = LATENCY_RUNS) -> float:
+    """Median latency of ``runs`` invocations on one input, LiteRT default kernels, one thread."""
+    interpreter = make_interpreter(model, threads=1)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.set_tensor(index, sample[None])
+    interpreter.invoke()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def profile_tflite(model: bytes, x_float: np.ndarray, *, arena: bool = True) -> dict[str, Any]:
+    """Parameters, MACs, bytes, host latency and (when ``arena``) the TFLM arena of a ``.tflite``.
+
+    ``x_float`` is one float input; it is quantized for integer models.
+    """
+    parsed = parse_tflite(Path("model.tflite"), model)
+    sample = io_details(make_interpreter(model))[0][0].quantize(x_float[None])[0]
+    result: dict[str, Any] = {
+        "parameters": parsed["parameters"],
+        "macs": parsed["macs"],
+        "tflite_bytes": len(model),
+        "host_latency_ms": round(host_latency_ms(model, sample), 5),
+        "arena_bytes": None,
+    }
+    if arena:
+        with contextlib.suppress(BuildError):  # TFLM cannot run every model (float16, say): no arena then
+            result["arena_bytes"] = find_min_arena(model, sample)
+    return result
+
+
+def profile_keras(model: Any, x_float: np.ndarray) -> dict[str, Any]:
+    """``profile_tflite`` of the model converted to float32."""
+    return profile_tflite(convert_keras(model, "float32", "float32", None), x_float)
