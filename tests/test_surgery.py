@@ -22,6 +22,7 @@ def kill_channels(layer, dead: np.ndarray) -> None:  # type: ignore[no-untyped-d
 
 
 def test_removing_dead_channels_changes_nothing_through_flatten() -> None:
+    keras().backend.clear_session()  # layer names count from conv2d again
     seed_everything(0)
     model = build_model("small_cnn", (28, 28, 1), 10, 1.0)
     for name, channels in (("conv2d", 16), ("conv2d_1", 32), ("dense", 64)):

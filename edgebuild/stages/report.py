@@ -66,6 +66,13 @@ def _markdown(report: dict[str, Any], table: str) -> str:
         "- Latency on that device: "
         + ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in validation["latency"].items()),
     ]
+    run = validation.get("device_run")
+    if run:
+        accuracy = f"accuracy {run['accuracy']:.2%}, " if run.get("accuracy") is not None else ""
+        latency = ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in run["latency"].items())
+        lines.append(
+            f"- Also ran on {run['device']} ({run['measured_on']}): {accuracy}latency {latency} ({run['latency_note']})"
+        )
     npu = report.get("npu")
     if npu:
         lines.append(
