@@ -8,7 +8,6 @@ This module must not import TensorFlow: ``--help`` and the listings stay fast.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,73 +21,58 @@ DEFAULT_RECIPE = "mnist"
 PROJECT_RECIPE = "edgebuild.toml"
 
 
-@dataclass(frozen=True)
-class CacheOptions:
-    """Where the stage cache lives, how large it may grow, and whether to use it."""
-
-    root: Path
-    max_bytes: int
-    enabled: bool
-
-
-def _cache_options(no_cache: bool, cache_dir: Path | None, cache_max_mb: int | None) -> CacheOptions:
-    from edgebuild.cache import default_max_bytes, default_root
-
-    max_bytes = cache_max_mb * 1024 * 1024 if cache_max_mb is not None else default_max_bytes()
-    return CacheOptions(cache_dir or default_root(), max_bytes, not no_cache)
-
-
 def _build_flags(command: Any) -> Any:
-    """The options of a build: sparsity conversion, device, cache."""
-    command = click.option(
-        "--convert-sparsity",
-        is_flag=True,
-        help="Prune channels when the target's sparsity structure would save nothing on its runtime.",
-    )(command)
-    command = click.option(
-        "--benchmark-binary",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="For --device adb: LiteRT's benchmark_model built for the phone.",
-    )(command)
-    command = click.option(
-        "-d",
-        "--device",
-        help="Also validate on: qemu (emulated arm64 Linux), ssh://user@host[:port], adb[:SERIAL] "
-        "[default: the target's validate.device].",
-    )(command)
-    return _cache_flags(command)
+    """The options of a build (the same on ``edgebuild`` and ``edgebuild build``)."""
+    options = [
+        click.option(
+            "-d",
+            "--device",
+            help="Also validate on: qemu (emulated arm64 Linux), ssh://user@host[:port], adb[:SERIAL] "
+            "[default: the target's validate.device].",
+        ),
+        click.option(
+            "--benchmark-binary",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="For --device adb: LiteRT's benchmark_model built for the phone.",
+        ),
+        click.option(
+            "--convert-sparsity",
+            is_flag=True,
+            help="Prune channels when the target's sparsity structure would save nothing on its runtime.",
+        ),
+        click.option(
+            "--allow-unsafe-model",
+            is_flag=True,
+            help="Load a model with Lambda or custom layers (they run code from the file).",
+        ),
+        click.option(
+            "--max-memory-mb",
+            type=click.IntRange(min=64),
+            help="Stop the build if it uses more memory than this [default: $EDGEBUILD_MAX_MEMORY_MB, else no limit].",
+        ),
+        click.option("--no-cache", is_flag=True, help="Rebuild every stage; neither read nor write the cache."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="Stage cache folder [default: $EDGEBUILD_CACHE_DIR or ~/.cache/edgebuild].",
+        ),
+        click.option(
+            "--cache-max-mb",
+            type=click.IntRange(min=1),
+            help="Stage cache size bound [default: 2048 or $EDGEBUILD_CACHE_MAX_BYTES].",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
-def _cache_flags(command: Any) -> Any:
-    """The --no-cache, --cache-dir and --cache-max-mb options."""
-    command = click.option(
-        "--cache-max-mb",
-        type=click.IntRange(min=1),
-        help="Stage cache size bound [default: 2048 or $EDGEBUILD_CACHE_MAX_BYTES].",
-    )(command)
-    command = click.option(
-        "--cache-dir",
-        type=click.Path(path_type=Path, file_okay=False),
-        help="Stage cache folder [default: $EDGEBUILD_CACHE_DIR or ~/.cache/edgebuild].",
-    )(command)
-    return click.option("--no-cache", is_flag=True, help="Rebuild every stage; neither read nor write the cache.")(
-        command
-    )
+def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags: dict[str, Any]) -> None:
+    import os
 
-
-def _build(
-    recipe: str | None,
-    target: str,
-    out: Path | None,
-    quiet: bool,
-    cache: CacheOptions,
-    device: str | None = None,
-    benchmark_binary: Path | None = None,
-    convert_sparsity: bool = False,
-) -> None:
     from edgebuild.budgets import budget_table
-    from edgebuild.cache import StageCache
-    from edgebuild.pipeline import build_options, current_report, default_out, resolve, run_build
+    from edgebuild.cache import StageCache, default_max_bytes, default_root
+    from edgebuild.pipeline import BuildOptions, current_report, default_out, resolve, run_build
     from edgebuild.progress import Reporter
     from edgebuild.runners import parse_device
 
@@ -97,26 +81,33 @@ def _build(
         recipe = PROJECT_RECIPE if (project / PROJECT_RECIPE).is_file() else DEFAULT_RECIPE
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = out if out is not None else default_out(loaded_recipe, loaded_target, project)
-    spec = parse_device(device or loaded_target.validate.device)
+    spec = parse_device(flags["device"] or loaded_target.validate.device)
     if spec.kind != "host" and loaded_target.runtime == "tflm":
         raise ConfigError(
             f"--device {spec.label} runs LiteRT on Linux; "
             f"target {loaded_target.name} validates on the TFLM interpreter",
             hint="use --device with the rpi4 or android targets",
         )
-    if spec.kind == "adb" and benchmark_binary is None:
+    if spec.kind == "adb" and flags["benchmark_binary"] is None:
         raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
-    options = build_options(spec, convert_sparsity)
-    if cache.enabled and current_report(out_path, loaded_recipe, loaded_target, options) is not None:
+    memory = flags["max_memory_mb"] or int(os.environ.get("EDGEBUILD_MAX_MEMORY_MB", "0") or 0) or None
+    options = BuildOptions(
+        device=spec,
+        benchmark_binary=flags["benchmark_binary"],
+        convert_sparsity=flags["convert_sparsity"],
+        allow_unsafe_model=flags["allow_unsafe_model"],
+        max_memory_mb=memory,
+    )
+    use_cache = not flags["no_cache"]
+    if use_cache and current_report(out_path, loaded_recipe, loaded_target, options) is not None:
         click.echo(f"{loaded_recipe.name} for {loaded_target.name} is up to date in {out_path}")
         return
     reporter = Reporter(quiet=quiet)
     if not quiet:
         reporter.note(f"building recipe {loaded_recipe.name} ({loaded_recipe.source}) for {loaded_target.name}")
-    stage_cache = StageCache(cache.root, cache.max_bytes, enabled=cache.enabled)
-    report = run_build(
-        loaded_recipe, loaded_target, out_path, reporter, stage_cache, spec, benchmark_binary, convert_sparsity
-    )
+    cache_bytes = flags["cache_max_mb"] * 1024 * 1024 if flags["cache_max_mb"] else default_max_bytes()
+    stage_cache = StageCache(flags["cache_dir"] or default_root(), cache_bytes, enabled=use_cache)
+    report = run_build(loaded_recipe, loaded_target, out_path, reporter, stage_cache, options)
     if not quiet:
         reporter.table(budget_table(report["budgets"]))
     artifact = report["artifact"]
@@ -137,17 +128,7 @@ def _build(
 @click.version_option(__version__, prog_name="edgebuild")
 @click.pass_context
 def cli(
-    ctx: click.Context,
-    target: str | None,
-    recipe: str | None,
-    out: Path | None,
-    quiet: bool,
-    device: str | None,
-    benchmark_binary: Path | None,
-    convert_sparsity: bool,
-    no_cache: bool,
-    cache_dir: Path | None,
-    cache_max_mb: int | None,
+    ctx: click.Context, target: str | None, recipe: str | None, out: Path | None, quiet: bool, **flags: Any
 ) -> None:
     """Build, compress, convert and validate a model for an edge device.
 
@@ -159,31 +140,12 @@ def cli(
     edgebuild verify build/mnist/rpi4/manifest.json | edgebuild clean [--cache]
     """
     if ctx.invoked_subcommand is not None:
-        if (
-            target
-            or recipe
-            or out
-            or device
-            or benchmark_binary
-            or convert_sparsity
-            or no_cache
-            or cache_dir
-            or cache_max_mb
-        ):
+        if target or recipe or out or any(flags.values()):
             raise click.UsageError("put build options after the subcommand")
         return
     if target is None:
         raise click.UsageError("no target given; try `edgebuild --target rpi4` (`edgebuild targets` lists them)")
-    _build(
-        recipe,
-        target,
-        out,
-        quiet,
-        _cache_options(no_cache, cache_dir, cache_max_mb),
-        device,
-        benchmark_binary,
-        convert_sparsity,
-    )
+    _build(recipe, target, out, quiet, flags)
 
 
 @cli.command("build")
@@ -192,29 +154,9 @@ def cli(
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/<recipe>/<target>].")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
 @_build_flags
-def build_command(
-    target: str,
-    recipe: str | None,
-    out: Path | None,
-    quiet: bool,
-    device: str | None,
-    benchmark_binary: Path | None,
-    convert_sparsity: bool,
-    no_cache: bool,
-    cache_dir: Path | None,
-    cache_max_mb: int | None,
-) -> None:
+def build_command(target: str, recipe: str | None, out: Path | None, quiet: bool, **flags: Any) -> None:
     """Build a recipe for a target."""
-    _build(
-        recipe,
-        target,
-        out,
-        quiet,
-        _cache_options(no_cache, cache_dir, cache_max_mb),
-        device,
-        benchmark_binary,
-        convert_sparsity,
-    )
+    _build(recipe, target, out, quiet, flags)
 
 
 @cli.command("targets")

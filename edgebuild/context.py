@@ -32,6 +32,7 @@ class BuildContext:
     device: DeviceSpec = field(default_factory=lambda: DeviceSpec("host"))  # validation also runs there
     benchmark_binary: Path | None = None  # for adb devices
     convert_sparsity: bool = False  # prune channels when the target's structure saves nothing
+    allow_unsafe_model: bool = False  # load a model with Lambda or custom layers (runs its code)
 
     # preflight
     dataset: Dataset | None = None

@@ -174,7 +174,7 @@ def load_dataset(recipe: Recipe) -> Dataset:
         return _mnist()
     if recipe.dataset == "digits":
         return _digits()
-    return _npz(recipe.resolve_path(recipe.dataset.partition(":")[2]), where)
+    return _npz(recipe.resolve_path(recipe.dataset.partition(":")[2], "dataset"), where)
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, ...]:

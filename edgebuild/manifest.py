@@ -17,7 +17,7 @@ from typing import Any
 
 from edgebuild import __version__
 from edgebuild.schema import Recipe, Target
-from edgebuild.tf import versions
+from edgebuild.tf import build_threads, versions
 
 MANIFEST = "manifest.json"
 # Files whose bytes change from run to run by design (they hold stage timings).
@@ -55,10 +55,10 @@ def input_files(recipe: Recipe) -> dict[str, dict[str, str]]:
         package = _DATASET_PACKAGES[recipe.dataset]
         found["dataset"] = {"spec": recipe.dataset, "sha256": f"{package}=={_package_version(package)}"}
     else:
-        path = recipe.resolve_path(arg)
+        path = recipe.resolve_path(arg, "dataset")
         found["dataset"] = {"spec": recipe.dataset, "sha256": file_sha256(path) if path.exists() else "missing"}
     if recipe.model.path:
-        path = recipe.resolve_path(recipe.model.path)
+        path = recipe.resolve_path(recipe.model.path, "model.path")
         found["model"] = {"spec": recipe.model.path, "sha256": file_sha256(path) if path.exists() else "missing"}
     return found
 
@@ -85,6 +85,7 @@ def inputs_key(recipe: Recipe, target: Target, options: dict[str, Any]) -> str:
         "files": input_files(recipe),
         "versions": versions(),
         "edgebuild": __version__,
+        "threads": build_threads(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -7,6 +7,9 @@ probabilities.
 
 from __future__ import annotations
 
+import json
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +75,54 @@ def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: in
     )
 
 
-def load_model(path: Path, where: str) -> Any:
-    """Load a ``.keras``, ``.h5`` or SavedModel folder as a tf_keras model (uncompiled).
+UNSAFE_LAYERS = ("Lambda",)
 
-    Raises ConfigError when the file is missing or cannot be read as a Keras model.
+
+def _layer_classes(config: Any) -> list[str]:
+    """Class names of every layer in a Keras model config (nested models included)."""
+    found = []
+    if isinstance(config, dict):
+        inner = config.get("config", {})
+        layers = inner.get("layers") if isinstance(inner, dict) else None
+        if isinstance(layers, list):
+            for layer in layers:
+                found.append(str(layer.get("class_name", "")) if isinstance(layer, dict) else "")
+                found += _layer_classes(layer)
+    return found
+
+
+def saved_layer_classes(path: Path) -> list[str]:
+    """The layer classes a saved model declares, read from its config without loading any code.
+
+    Raises ConfigError when the file cannot be read as that format.
+    """
+    try:
+        if path.is_dir():
+            metadata = path / "keras_metadata.pb"
+            text = metadata.read_bytes().decode("utf-8", "replace") if metadata.is_file() else ""
+            return re.findall(r'"class_name": "([^"]+)"', text)
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                return _layer_classes(json.loads(archive.read("config.json")))
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("model_config")
+            if raw is None:
+                raise ConfigError(f"{path}: an .h5 file without a model (only weights?)", hint="save the whole model")
+            return _layer_classes(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ConfigError(
+            f"{path}: not a readable {path.suffix or 'SavedModel'} model ({type(e).__name__}: {e})"
+        ) from None
+
+
+def load_model(path: Path, where: str, *, allow_unsafe: bool = False) -> Any:
+    """Load a ``.keras``, ``.h5`` or SavedModel folder as a tf_keras model (uncompiled), safely.
+
+    A model with a Lambda layer or custom classes runs code from the file when loaded,
+    so it is refused unless ``allow_unsafe``. Raises ConfigError when the file is
+    missing, unsafe, or cannot be read as a Keras model.
     """
     if not path.exists():
         raise ConfigError(f"{where}: model file {path} does not exist")
@@ -85,10 +132,25 @@ def load_model(path: Path, where: str) -> Any:
         raise ConfigError(
             f"{where}: {path} is not a .keras, .h5 or SavedModel", hint="save the model with model.save()"
         )
+    k = keras()
+    known = {name for name in dir(k.layers) if not name.startswith("_")} | {"Functional", "Sequential", "Model"}
+    classes = saved_layer_classes(path)
+    unsafe = sorted({c for c in classes if c in UNSAFE_LAYERS or c.startswith("Custom>") or (c and c not in known)})
+    if path.is_dir():  # SavedModel metadata also names initializers and the like: judge Lambda and Custom> only
+        unsafe = sorted({c for c in classes if c in UNSAFE_LAYERS or c.startswith("Custom>")})
+    if unsafe and not allow_unsafe:
+        raise ConfigError(
+            f"{where}: {path} has layers that run code from the file when loaded: {', '.join(unsafe)}",
+            hint="rebuild the model from standard layers, or pass --allow-unsafe-model if you trust this file",
+        )
     try:
-        model = keras().models.load_model(str(path), compile=False)
+        if path.suffix == ".keras":
+            model = k.models.load_model(str(path), compile=False, safe_mode=not allow_unsafe)
+        else:
+            model = k.models.load_model(str(path), compile=False)
     except Exception as e:  # Keras raises many types for unreadable files
-        raise ConfigError(f"{where}: cannot load {path} as a Keras model: {type(e).__name__}: {e}") from None
-    if not isinstance(model, keras().Model):
+        detail = " ".join(str(e).split())[:300]
+        raise ConfigError(f"{where}: cannot load {path} as a Keras model: {type(e).__name__}: {detail}") from None
+    if not isinstance(model, k.Model):
         raise ConfigError(f"{where}: {path} loads as {type(model).__name__}, not a Keras model")
     return model

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ from edgebuild.cache import Entry, StageCache, cache_key, default_max_bytes, def
 from edgebuild.context import BuildContext
 from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
 from edgebuild.manifest import input_files, up_to_date, write_manifest
+from edgebuild.memory import MemoryWatch
 from edgebuild.progress import Reporter
 from edgebuild.runners import DeviceSpec, parse_device
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
-from edgebuild.tf import seed_everything, versions
+from edgebuild.tf import build_threads, seed_everything, versions
 
 STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
     ("preflight", preflight.run),
@@ -126,6 +128,7 @@ def _cache_plan(ctx: BuildContext, cache: StageCache) -> dict[str, tuple[str, En
         recipe.train.validation_fraction,
         versions(),
         __version__,
+        build_threads(),
     )
     plan: dict[str, tuple[str, Entry | None]] = {}
     for name, module in CACHED_STAGES.items():
@@ -168,24 +171,42 @@ def _run_stage(
     return summary
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """The command line's choices for one build."""
+
+    device: DeviceSpec | None = None  # also validate there; None: the target's validate.device
+    benchmark_binary: Path | None = None  # for adb devices
+    convert_sparsity: bool = False  # prune channels where the target's structure saves nothing
+    allow_unsafe_model: bool = False  # load models with Lambda or custom layers
+    max_memory_mb: int | None = None  # stop a build that uses more
+
+    def recorded(self, target: Target) -> dict[str, Any]:
+        """The choices that change a build's outputs, as the manifest records them."""
+        device = self.device or parse_device(target.validate.device)
+        return {
+            "device": device.label,
+            "convert_sparsity": self.convert_sparsity,
+            "allow_unsafe_model": self.allow_unsafe_model,
+        }
+
+
 def run_build(
     recipe: Recipe,
     target: Target,
     out: Path,
     reporter: Reporter,
     cache: StageCache | None = None,
-    device: DeviceSpec | None = None,
-    benchmark_binary: Path | None = None,
-    convert_sparsity: bool = False,
+    options: BuildOptions | None = None,
 ) -> dict[str, Any]:
     """Build ``recipe`` for ``target`` into ``out``; return the report.
 
-    Reuses stage results from ``cache`` (none when it is None); validation also runs on
-    ``device`` (default: the target's validate.device). Raises EdgebuildError (naming the
-    stage) for user-facing failures and BudgetError (exit 3) when a budget is missed;
-    ``out`` is untouched then.
+    Reuses stage results from ``cache`` (none when it is None). Raises EdgebuildError
+    (naming the stage) for user-facing failures and BudgetError (exit 3) when a budget
+    is missed; ``out`` is untouched then.
     """
-    device = device or parse_device(target.validate.device)
+    options = options or BuildOptions()
+    device = options.device or parse_device(target.validate.device)
     cache = cache or StageCache(Path("/nonexistent"), enabled=False)
     new_folders = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     work = _make_work_folder(out)
@@ -196,37 +217,25 @@ def run_build(
         work=work,
         reporter=reporter,
         device=device,
-        benchmark_binary=benchmark_binary,
-        convert_sparsity=convert_sparsity,
+        benchmark_binary=options.benchmark_binary,
+        convert_sparsity=options.convert_sparsity,
+        allow_unsafe_model=options.allow_unsafe_model,
     )
-    plan: dict[str, tuple[str, Entry | None]] = {}
     published = False
+    limit = options.max_memory_mb * 1024 * 1024 if options.max_memory_mb else None
     try:
-        for number, (name, stage) in enumerate(STAGES):
-            reporter.stage_start(name)
-            # Every stage starts from its own seed, so it gives the same bytes whatever ran before.
-            seed_everything(recipe.seed * 100 + number)
-            start = time.perf_counter()
+        with MemoryWatch(limit) as watch:
             try:
-                summary = _run_stage(ctx, name, stage, plan, cache)
-                if name == "preflight":
-                    plan = _cache_plan(ctx, cache)
-                    for key in cache.corrupt:
-                        ctx.warn(f"cache entry {key[:12]} was corrupt (hash mismatch); it was removed and rebuilt")
-            except EdgebuildError as e:
-                if not e.message.startswith(f"{name}:"):
-                    e.message = f"{name}: {e.message}"
-                if ctx.stages:
-                    done = ", ".join(s["name"] for s in ctx.stages)
-                    e.hint = (e.hint + "; " if e.hint else "") + f"stages completed: {done}"
-                raise
-            except OSError as e:
-                if e.errno in (28, 122):  # ENOSPC, EDQUOT
-                    raise BuildError(f"{name}: no space left on the device ({e.filename or out.parent})") from None
-                raise
-            seconds = time.perf_counter() - start
-            ctx.stages.append({"name": name, "seconds": round(seconds, 3), "summary": summary})
-            reporter.stage_end(name, seconds, summary)
+                _run_stages(ctx, cache)
+            except KeyboardInterrupt:
+                if watch.exceeded_at is None:
+                    raise
+                stage = STAGES[len(ctx.stages)][0]
+                raise BuildError(
+                    f"{stage}: the build used {watch.exceeded_at / 2**20:,.0f} MB, more than the limit of "
+                    f"{options.max_memory_mb:,} MB",
+                    hint="raise --max-memory-mb, or lower train.batch_size",
+                ) from None
         missed = [b for b in ctx.budgets if not b["ok"]]
         if missed:
             reporter.table(budget_table(ctx.budgets))
@@ -234,7 +243,7 @@ def run_build(
                 f"{len(missed)} budget(s) missed for target {target.name}: {missed_summary(ctx.budgets)}",
                 hint="see the table above; the previous artifacts were left as they were",
             )
-        write_manifest(work, recipe, target, ctx.data.sha256(), build_options(device, convert_sparsity))
+        write_manifest(work, recipe, target, ctx.data.sha256(), options.recorded(target))
         publish(work, out)
         published = True
     finally:
@@ -247,14 +256,41 @@ def run_build(
     return ctx.report
 
 
-def build_options(device: DeviceSpec, convert_sparsity: bool) -> dict[str, Any]:
-    """The command-line choices that change a build's outputs, as the manifest records them."""
-    return {"device": device.label, "convert_sparsity": convert_sparsity}
+def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
+    """Every stage in order, timed and reported; errors get the stage's name and what ran before."""
+    plan: dict[str, tuple[str, Entry | None]] = {}
+    for number, (name, stage) in enumerate(STAGES):
+        ctx.reporter.stage_start(name)
+        # Every stage starts from its own seed, so it gives the same bytes whatever ran before.
+        # (Preflight seeds itself once its checks pass: a bad input fails without TensorFlow.)
+        if name != "preflight":
+            seed_everything(ctx.recipe.seed * 100 + number)
+        start = time.perf_counter()
+        try:
+            summary = _run_stage(ctx, name, stage, plan, cache)
+            if name == "preflight":
+                plan = _cache_plan(ctx, cache)
+                for key in cache.corrupt:
+                    ctx.warn(f"cache entry {key[:12]} was corrupt (hash mismatch); it was removed and rebuilt")
+        except EdgebuildError as e:
+            if not e.message.startswith(f"{name}:"):
+                e.message = f"{name}: {e.message}"
+            if ctx.stages:
+                done = ", ".join(s["name"] for s in ctx.stages)
+                e.hint = (e.hint + "; " if e.hint else "") + f"stages completed: {done}"
+            raise
+        except OSError as e:
+            if e.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise BuildError(f"{name}: no space left on the device ({e.filename or ctx.out.parent})") from None
+            raise
+        seconds = time.perf_counter() - start
+        ctx.stages.append({"name": name, "seconds": round(seconds, 3), "summary": summary})
+        ctx.reporter.stage_end(name, seconds, summary)
 
 
-def current_report(out: Path, recipe: Recipe, target: Target, options: dict[str, Any]) -> dict[str, Any] | None:
+def current_report(out: Path, recipe: Recipe, target: Target, options: BuildOptions) -> dict[str, Any] | None:
     """The report of ``out`` when its outputs are current for these inputs (no TensorFlow), else None."""
-    if not up_to_date(out, recipe, target, options):
+    if not up_to_date(out, recipe, target, options.recorded(target)):
         return None
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report
@@ -287,8 +323,7 @@ def build(
     project = Path.cwd()
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
-    options = build_options(parse_device(loaded_target.validate.device), False)
-    if cache and (report := current_report(out_path, loaded_recipe, loaded_target, options)) is not None:
+    if cache and (report := current_report(out_path, loaded_recipe, loaded_target, BuildOptions())) is not None:
         return report
     stage_cache = StageCache(default_root(), default_max_bytes(), enabled=cache)
     return run_build(loaded_recipe, loaded_target, out_path, Reporter(quiet=quiet), stage_cache)

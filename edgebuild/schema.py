@@ -382,10 +382,32 @@ class Recipe:
             return None
         return self.distill.student_architecture or self.model.architecture
 
-    def resolve_path(self, value: str) -> Path:
-        """A path from the recipe, relative to the recipe file's folder."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else Path(self.source).parent / path
+    def resolve_path(self, value: str, key: str) -> Path:
+        """A path from the recipe, relative to the recipe's folder (the project), symlinks resolved.
+
+        Raises ConfigError for an absolute path, one that leaves the project (through
+        ``..`` or a symlink), or one inside the project's ``build/`` output folder.
+        """
+        project = Path(self.source).parent.resolve()
+        raw = Path(value)
+        where = f"{self.source}: key '{key}'"
+        if raw.is_absolute() or value.startswith("~"):
+            raise ConfigError(
+                f"{where}: {value!r} is an absolute path",
+                hint="paths in a recipe are relative to its folder: keep the file in the project",
+            )
+        resolved = (project / raw).resolve()
+        if not resolved.is_relative_to(project):
+            raise ConfigError(
+                f"{where}: {value!r} leads outside the project folder {project}",
+                hint="keep data and models inside the project (no .. and no links out of it)",
+            )
+        if resolved.is_relative_to(project / "build"):
+            raise ConfigError(
+                f"{where}: {value!r} is inside the build output folder, which every build replaces",
+                hint="keep inputs elsewhere in the project",
+            )
+        return resolved
 
 
 # ---------------------------------------------------------------- loading

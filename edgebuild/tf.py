@@ -13,6 +13,8 @@ import warnings
 from functools import cache
 from typing import Any
 
+DEFAULT_THREADS = 2
+
 
 @cache
 def tf() -> Any:
@@ -32,7 +34,18 @@ def tf() -> Any:
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     tensorflow.get_logger().setLevel("ERROR")
+    # Training sums in a different order with a different number of threads, so the bytes
+    # of a build depend on it: a fixed count makes them the same on every machine.
+    threads = build_threads()
+    tensorflow.config.threading.set_intra_op_parallelism_threads(threads)
+    tensorflow.config.threading.set_inter_op_parallelism_threads(threads)
     return tensorflow
+
+
+def build_threads() -> int:
+    """TensorFlow's thread count for builds: ``$EDGEBUILD_THREADS``, else 2 (part of what makes bytes reproducible)."""
+    value = os.environ.get("EDGEBUILD_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_THREADS
 
 
 @cache

@@ -9,7 +9,7 @@ from pathlib import Path
 from edgebuild.cache import StageCache
 from edgebuild.errors import ConfigError
 from edgebuild.manifest import NOT_REPRODUCIBLE, input_files, output_hashes, read_manifest, settings
-from edgebuild.pipeline import run_build
+from edgebuild.pipeline import BuildOptions, run_build
 from edgebuild.progress import Reporter
 from edgebuild.runners import parse_device
 from edgebuild.schema import load_recipe, load_target
@@ -44,8 +44,11 @@ def verify(manifest_path: Path) -> list[str]:
             out,
             Reporter(quiet=True),
             StageCache(Path(tmp) / "cache", enabled=False),
-            device=parse_device(options.get("device", target.validate.device)),
-            convert_sparsity=bool(options.get("convert_sparsity", False)),
+            BuildOptions(
+                device=parse_device(options.get("device", target.validate.device)),
+                convert_sparsity=bool(options.get("convert_sparsity", False)),
+                allow_unsafe_model=bool(options.get("allow_unsafe_model", False)),
+            ),
         )
         rebuilt = output_hashes(out)
     recorded_outputs: dict[str, str] = manifest["outputs"]

@@ -21,6 +21,7 @@ from edgebuild.errors import BudgetError, BuildError, ConfigError
 from edgebuild.models import build_model, load_model
 from edgebuild.runners.tflm_host import check_loads
 from edgebuild.schema import SPARSITY_WHY_NOT
+from edgebuild.tf import seed_everything
 from edgebuild.tflite import convert_keras, make_interpreter
 
 BYTES_PER_WEIGHT = {"int8": 1, "dynamic": 1, "float16": 2, "float32": 4}
@@ -111,7 +112,10 @@ def run(ctx: BuildContext) -> str:
 
     where = f"{recipe.source}: key 'model'"
     if recipe.model.path is not None:
-        ctx.float_model = load_model(recipe.resolve_path(recipe.model.path), where)
+        model_path = recipe.resolve_path(recipe.model.path, "model.path")
+    seed_everything(recipe.seed * 100)
+    if recipe.model.path is not None:
+        ctx.float_model = load_model(model_path, where, allow_unsafe=ctx.allow_unsafe_model)
     else:
         assert recipe.model.architecture is not None
         ctx.float_model = build_model(recipe.model.architecture, data.input_shape, data.num_classes, recipe.model.width)

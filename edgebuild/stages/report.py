@@ -15,7 +15,8 @@ from typing import Any
 from edgebuild import __version__
 from edgebuild.budgets import budget_table, check_budgets
 from edgebuild.context import BuildContext
-from edgebuild.tf import versions
+from edgebuild.memory import peak_bytes
+from edgebuild.tf import build_threads, versions
 
 
 def _evolution(report: dict[str, Any]) -> list[str]:
@@ -86,6 +87,9 @@ def _markdown(report: dict[str, Any], table: str) -> str:
             f"- {region['name']} (linker): {region['used']:,} of {region['total']:,} B used, "
             f"{region['margin']:,} B free"
         )
+    lines.append(f"- Peak memory of the build process: {report['build']['peak_memory_bytes'] / 2**20:,.0f} MB")
+    if report.get("unsafe_model_allowed"):
+        lines.append("- The model was loaded with --allow-unsafe-model (its Lambda or custom layers ran code)")
     lines += _evolution(report)
     lines += [
         "",
@@ -129,6 +133,8 @@ def run(ctx: BuildContext) -> str:
         "pruning": ctx.pruning or None,
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,
+        "unsafe_model_allowed": ctx.allow_unsafe_model,
+        "build": {"peak_memory_bytes": peak_bytes(), "threads": build_threads()},
         "versions": versions(),
         "platform": f"{platform.system()} {platform.machine()} Python {platform.python_version()}",
     }

@@ -1,0 +1,60 @@
+# edgebuild in a container: the pinned Python stack, the arm toolchain, qemu-user, g++ and cmake.
+#
+#   docker build -t edgebuild .
+#   docker run --rm -v "$PWD:/work" edgebuild --target rpi4
+#
+# BASE_IMAGE is pinned by digest. The digest below is debian:bookworm-slim's multi-arch
+# index as Docker resolved it in a public build log; it could not be checked against the
+# registry from the machine this file was written on. Check it, or re-pin, with
+#   docker buildx imagetools inspect debian:bookworm-slim      (or: skopeo inspect docker://debian:bookworm-slim)
+# Any Debian 12 (bookworm) image works: its python3 (3.11) is the one docker/requirements.lock
+# was resolved for. The tests build a local one with debootstrap (tests/test_docker.py).
+ARG BASE_IMAGE=debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
+FROM ${BASE_IMAGE}
+
+ARG DEBIAN_FRONTEND=noninteractive
+# python3-venv: the interpreter edgebuild runs on. g++, cmake, make: edgebuild's link stage
+# compiles the generated C/C++ with the host compilers. gcc-arm-none-eabi, libnewlib-arm-none-eabi:
+# the Cortex-M compile and link check. qemu-user-static: runs arm64 programs (emulated runners).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates python3 python3-venv \
+      g++ cmake make \
+      gcc-arm-none-eabi libnewlib-arm-none-eabi \
+      qemu-user-static \
+ && rm -rf /var/lib/apt/lists/*
+
+# Every Python dependency, exactly as locked (versions and sha256 of every file), from
+# binary wheels only: nothing is compiled, nothing unlocked is fetched.
+ENV VIRTUAL_ENV=/opt/edgebuild \
+    PATH=/opt/edgebuild/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+# Behind a TLS-intercepting proxy, hand pip the proxy's CA bundle as a build secret (not kept
+# in the image): docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt .
+COPY docker/requirements.lock /opt/edgebuild-requirements.lock
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && python3 -m venv /opt/edgebuild \
+ && pip install --require-hashes --only-binary=:all: -r /opt/edgebuild-requirements.lock
+
+# edgebuild itself, without dependencies. --no-build-isolation builds it with the locked
+# setuptools instead of fetching an unpinned one.
+COPY pyproject.toml README.md /tmp/edgebuild-src/
+COPY edgebuild /tmp/edgebuild-src/edgebuild
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/edgebuild-src \
+ && rm -rf /tmp/edgebuild-src \
+ && pip check \
+ && edgebuild --version
+
+COPY docker/entrypoint.sh /usr/local/bin/edgebuild-entrypoint
+RUN chmod 0755 /usr/local/bin/edgebuild-entrypoint \
+ && useradd --uid 1000 --user-group --create-home --shell /bin/bash edgebuild \
+ && install -d -o edgebuild -g edgebuild /work
+
+USER edgebuild
+WORKDIR /work
+VOLUME /work
+ENTRYPOINT ["/usr/local/bin/edgebuild-entrypoint"]
+CMD ["--help"]
