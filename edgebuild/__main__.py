@@ -1,3 +1,9 @@
-from edgebuild.cli import main
+import sys
+
+try:
+    from edgebuild.cli import main
+except KeyboardInterrupt:  # Ctrl-C while starting up
+    print("edgebuild: interrupted; the previous artifacts were left as they were", file=sys.stderr)
+    sys.exit(130)
 
 main()

@@ -12,7 +12,9 @@ the result. No TensorFlow import: this stays as fast as loading the model.
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -81,19 +83,49 @@ def _litert_check(path: Path, model: bytes) -> str | None:
     but LiteRT cannot run it (an unresolved custom op, say). Raises ConfigError naming
     ``path`` when the verifier rejects the file (truncated or corrupt).
     """
+    error = _load_in_child(model)
+    if error is None:
+        return None
+    if error.startswith("crashed"):
+        raise ConfigError(
+            f"{path}: corrupt .tflite ({len(model):,} bytes): LiteRT {error} while loading it",
+            hint="convert or download the model again",
+        )
+    if any(words in error.lower() for words in _NOT_A_MODEL):
+        raise ConfigError(
+            f"{path}: corrupt or truncated .tflite ({len(model):,} bytes): TFLite's flatbuffer verifier rejects it",
+            hint="convert or download the model again",
+        )
+    words = " ".join(error.split()).removeprefix("LiteRT cannot load the model: ")
+    return re.sub(r" ?See instructions: \S+", "", words)
+
+
+def _load_in_child(model: bytes) -> str | None:
+    """Load ``model`` in LiteRT in a forked child: a file can pass the flatbuffer verifier and
+    still crash LiteRT's interpreter builder (found by the fuzzer), which must not take
+    edgebuild down. Returns None when it loads, LiteRT's error, or "crashed (SIGNAL)"."""
     from edgebuild.tflite import make_interpreter
 
-    try:
-        make_interpreter(model)
-    except BuildError as e:
-        if any(words in e.message.lower() for words in _NOT_A_MODEL):
-            raise ConfigError(
-                f"{path}: corrupt or truncated .tflite ({len(model):,} bytes): TFLite's flatbuffer verifier rejects it",
-                hint="convert or download the model again",
-            ) from None
-        words = " ".join(e.message.split()).removeprefix("LiteRT cannot load the model: ")
-        return re.sub(r" ?See instructions: \S+", "", words)
-    return None
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running any of the parent's cleanup
+        os.close(read_end)
+        message = b""
+        try:
+            make_interpreter(model)
+        except BuildError as e:
+            message = e.message.encode("utf-8", "replace") or b"LiteRT refused it"
+        except BaseException as e:  # anything else is still an answer, not a crash
+            message = f"{type(e).__name__}: {e}".encode("utf-8", "replace")
+        os.write(write_end, message[:4000])
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"crashed ({signal.Signals(os.WTERMSIG(status)).name})"
+    return message.decode("utf-8", "replace") or None
 
 
 # ---------------------------------------------------------------- parsing the flatbuffer
@@ -424,7 +456,7 @@ def _target_reasons(target: Target, info: dict[str, Any]) -> tuple[list[str], li
     return reasons, notes
 
 
-def inspect_tflite(path: Path, project: Path) -> dict[str, Any]:
+def inspect_tflite(path: Path, project: Path, *, tflm: bool = True) -> dict[str, Any]:
     """Inspect any ``.tflite`` file and check it against every target profile.
 
     Reads ``path`` (after checking its size, identifier and LiteRT's flatbuffer verifier)
@@ -434,7 +466,8 @@ def inspect_tflite(path: Path, project: Path) -> dict[str, Any]:
     (name, shape, dtype, quantization), ``parameters`` (elements of constant float or
     quantized tensors), ``weight_bytes``, ``macs`` and ``macs_by_op``, ``precision``,
     ``litert`` and ``tflm`` (``arena_bytes`` or TFLM's reason), and ``targets`` (per
-    profile: ``ok`` and ``reasons``). Raises ConfigError (one line, naming the file) when
+    profile: ``ok`` and ``reasons``). ``tflm=False`` leaves TFLM out (the fuzzer's fast path).
+    Raises ConfigError (one line, naming the file) when
     the file is missing, unreadable, empty, too large, truncated or corrupt, or when a
     project target profile is invalid.
     """
@@ -443,7 +476,10 @@ def inspect_tflite(path: Path, project: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"file": str(path), "bytes": len(model)}
     info.update(parse_tflite(path, model))
     info["litert"] = {"ok": litert_error is None, "error": litert_error}
-    info["tflm"] = _tflm_check(model, info["inputs"])
+    if tflm:
+        info["tflm"] = _tflm_check(model, info["inputs"])
+    else:
+        info["tflm"] = {"ok": None, "arena_bytes": None, "error": None, "missing_ops": []}
     info["targets"] = []
     for name in all_names("targets", project):
         target = load_target(find_file("targets", name, project))

@@ -90,11 +90,15 @@ def publish(work: Path, out: Path) -> None:
 
 
 def _make_work_folder(out: Path) -> Path:
+    """A private temporary folder beside ``out``; clears those that killed builds left behind."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a killed build
-            shutil.rmtree(stale, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        prefix = f".{out.name}.tmp-"
+        for stale in out.parent.glob(f"{prefix}*"):
+            pid = stale.name.removeprefix(prefix).split("-")[0]
+            if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):  # its build is gone
+                shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise ConfigError(
             f"output folder {out}: cannot write there ({e.strerror})",

@@ -41,12 +41,23 @@ def captured_stderr() -> Iterator[list[str]]:
             captured.append(buffer.read().decode("utf-8", "replace"))
 
 
-def convert_keras(model: Any, mode: str, io: str, representative: np.ndarray | None, *, sparse: bool = False) -> bytes:
+def convert_keras(
+    model: Any,
+    mode: str,
+    io: str,
+    representative: np.ndarray | None,
+    *,
+    sparse: bool = False,
+    signature: bool = False,
+) -> bytes:
     """Convert a tf_keras model to ``.tflite`` bytes.
 
     ``mode`` is ``int8`` (full integer; needs ``representative`` inputs), ``dynamic``,
     ``float16`` or ``float32``; ``io`` is the input/output dtype of an int8 model;
     ``sparse`` stores sparse weights in TFLite's sparse format (for 2:4 models).
+    ``signature`` gives the model a ``serving_default`` SignatureDef (for LiteRT's signature
+    runners) by lowering through a SavedModel, which costs seconds per conversion: the
+    artifact gets one, the models converted only to be measured do not.
     Raises BuildError with the converter's own message when conversion fails.
     """
     from edgebuild.tf import tf
@@ -56,6 +67,7 @@ def convert_keras(model: Any, mode: str, io: str, representative: np.ndarray | N
     spec = t.TensorSpec([1, *model.inputs[0].shape[1:]], model.inputs[0].dtype)
     function = t.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     converter = t.lite.TFLiteConverter.from_concrete_functions([function], model)
+    converter.experimental_lower_to_saved_model = signature
     if mode in ("int8", "dynamic", "float16"):
         converter.optimizations = [t.lite.Optimize.DEFAULT]
     if sparse:

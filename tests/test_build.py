@@ -12,7 +12,7 @@ import pytest
 
 import edgebuild
 from edgebuild.errors import BudgetError
-from tests.conftest import assert_one_line_error, run_cli, shipped
+from tests.conftest import assert_one_line_error, quick_project, run_cli, shipped
 
 REPORT_KEYS = {
     "recipe",
@@ -197,3 +197,24 @@ def test_distilled_mlp_on_npz_for_float16(project: Path) -> None:
     # float16 weights: about half the float32 student's bytes, far less than the teacher's.
     assert report["artifact"]["tflite_bytes"] < report["teacher"]["tflite_bytes"] / 4
     shutil.rmtree(project / "build")
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_magnitude_pruning_then_prune_preserving_qat(project: Path, structure: str) -> None:
+    """TF-MOT's prune_low_magnitude, strip_pruning, then QAT on the stripped model (which once broke
+    the activation-range calibration with a disconnected graph)."""
+    quick_project(project)
+    text = (project / "targets" / "rpi4-relaxed.toml").read_text()
+    text = text.replace('structure = "channel"', f'structure = "{structure}"')
+    text = text.replace('exploitable = ["channel"]', f'exploitable = ["{structure}"]')
+    (project / "targets" / "magnitude.toml").write_text(text.replace('"rpi4-relaxed"', '"magnitude"'))
+    result = run_cli("build", "--target", "magnitude", "--quiet", cwd=project)
+    assert result.code == 0, result.err
+    report = json.loads((project / "build" / "quick" / "magnitude" / "report.json").read_text())
+    stages = {s["name"]: s["summary"] for s in report["stages"]}
+    assert ("2:4 pattern" if structure == "2:4" else "polynomial schedule to 50%") in stages["prune"]
+    assert stages["qat"].startswith("prune-preserving QAT")
+    assert report["artifact"]["sparsity"] >= 0.45
+    if structure == "2:4":  # XNNPACK refuses the sparse encoding of int8 FULLY_CONNECTED: stored dense, said so
+        assert "sparse_encoding_refused" in report["conversion"]
+        assert any("2:4 sparse encoding" in w for w in report["warnings"])

@@ -1,7 +1,8 @@
 """Convert: the compressed Keras model to a ``.tflite`` in the target's precision.
 
 Reads ``ctx.model`` (and ``ctx.qat_model`` when QAT ran). Writes ``ctx.tflite`` and
-``ctx.conversion``. For full-integer int8 it converts both the QAT model and the
+``ctx.conversion``. A 2:4-pruned model is stored in TFLite's sparse format, or dense
+with a warning when LiteRT cannot load that format. For full-integer int8 it converts both the QAT model and the
 post-training-quantized model, scores both on the validation split, and keeps the
 better one: QAT is not always better than PTQ on small models (measured).
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
+from edgebuild.errors import BuildError
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.tflite import convert_keras, io_details, make_interpreter
 
@@ -39,20 +41,41 @@ def run(ctx: BuildContext) -> str:
     x_sel, y_sel = (ctx.x_val, ctx.y_val) if len(ctx.x_val) else (ctx.x_fit, ctx.y_fit)
     x_sel, y_sel = x_sel[:SELECTION_SAMPLES], y_sel[:SELECTION_SAMPLES]
     converted: list[tuple[str, bytes, float]] = []
+    sparse = ctx.pruning.get("structure") == "2:4"
+    refused = ""
+    # Candidates are converted without a SignatureDef (seconds faster each); the chosen one
+    # is converted again with it, unless it was the only one.
+    only = len(candidates) == 1
     for name, model in candidates:
-        tflite = convert_keras(model, mode, precision.io, representative, sparse=ctx.pruning.get("structure") == "2:4")
-        score = _score(tflite, x_sel, y_sel)
+        tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=only)
+        try:
+            score = _score(tflite, x_sel, y_sel)
+        except BuildError as e:
+            if not sparse:
+                raise
+            # XNNPACK refuses the sparse encoding of some int8 layers (measured: FULLY_CONNECTED).
+            refused = str(e).removeprefix("LiteRT cannot load the model: ")
+            tflite = convert_keras(model, mode, precision.io, representative, signature=only)
+            score = _score(tflite, x_sel, y_sel)
         converted.append((name, tflite, score))
         if len(candidates) > 1:
             ctx.reporter.note(f"{name}: {len(tflite)} bytes, validation accuracy {score:.2%}")
     # Highest accuracy wins; max() keeps the first on a tie, so QAT wins ties.
     chosen, ctx.tflite, _ = max(converted, key=lambda c: c[2])
+    if not only:
+        model = dict(candidates)[chosen]
+        ctx.tflite = convert_keras(
+            model, mode, precision.io, representative, sparse=sparse and not refused, signature=True
+        )
     ctx.conversion = {
         "mode": mode,
         "io": precision.io,
         "chosen": chosen,
         "candidates": [{"name": n, "bytes": len(t), "selection_accuracy": a} for n, t, a in converted],
     }
+    if refused:
+        ctx.conversion["sparse_encoding_refused"] = refused
+        _warn_dense(ctx)
     names = ", ".join(n for n, _, _ in converted)
     return f"{mode} .tflite {len(ctx.tflite)} bytes ({chosen} chosen of {names})"
 
@@ -71,3 +94,12 @@ def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
     """Put the cached .tflite back."""
     ctx.tflite = entry.arrays["tflite"].tobytes()
     ctx.conversion = entry.meta["conversion"]
+    if "sparse_encoding_refused" in ctx.conversion:
+        _warn_dense(ctx)
+
+
+def _warn_dense(ctx: BuildContext) -> None:
+    ctx.warn(
+        f"LiteRT cannot load the 2:4 sparse encoding of this {ctx.conversion['mode']} model"
+        f" ({ctx.conversion['sparse_encoding_refused']}): it is stored dense, so its zeros save no bytes or time"
+    )

@@ -71,8 +71,12 @@ def calibrate_ranges(qat_model: Any, float_model: Any, x: np.ndarray) -> None:
     post-training quantization. Writes the quantizers' min/max variables.
     """
     k = keras()
-    names = [layer.name for layer in float_model.layers]
-    probe = k.Model(float_model.inputs, [float_model.get_layer(name).output for name in names])
+    # A fresh copy: after strip_pruning the layers also belong to the pruning wrapper's
+    # graph, and a probe over their first outputs would be disconnected from the inputs.
+    clone = k.models.clone_model(float_model)
+    clone.set_weights(float_model.get_weights())
+    names = [layer.name for layer in clone.layers]
+    probe = k.Model(clone.inputs, [clone.get_layer(name).output for name in names])
     outputs = probe.predict(x[:CALIBRATION_SAMPLES], verbose=0)
     ranges = {
         name: (min(0.0, float(out.min())), max(0.0, float(out.max())))

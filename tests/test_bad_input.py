@@ -1,0 +1,411 @@
+"""Every bad input gets one line on stderr, the right exit code, no traceback, and no output files.
+
+One test per case. Each builds a small project folder, runs the real CLI in a fresh
+process, and checks: the exit code (2 usage/config, 1 build, 3 budget), exactly one
+line on stderr naming what is wrong, no traceback, and nothing left where the
+artifacts would have gone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import QUICK_RECIPE, assert_one_line_error, quick_project, run_cli, shipped
+
+Case = Callable[[Path, Path], tuple[list[str], int, tuple[str, ...]]]
+CASES: dict[str, Case] = {}
+
+
+def case(fn: Case) -> Case:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def recipe(project: Path, text: str) -> None:
+    (project / "edgebuild.toml").write_text(text)
+
+
+def quick(project: Path, old: str = "", new: str = "") -> None:
+    quick_project(project)
+    text = (project / "edgebuild.toml").read_text()
+    assert old in text, old
+    recipe(project, text.replace(old, new, 1))
+
+
+def npz_recipe(project: Path, **changes: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.random((60, 6, 6)).astype(np.float32),
+        "y_train": np.arange(60) % 3,
+        "x_test": rng.random((12, 6, 6)).astype(np.float32),
+        "y_test": np.arange(12) % 3,
+    }
+    arrays.update(changes)
+    np.savez(project / "data.npz", **arrays)
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+
+
+def relaxed_target(project: Path, old: str, new: str, name: str = "t") -> list[str]:
+    text = shipped("targets", "rpi4").replace('name = "rpi4"', f'name = "{name}"')
+    assert old in text, old
+    (project / "targets" / f"{name}.toml").write_text(text.replace(old, new, 1))
+    return ["--target", name]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Saved Keras models: one with a Lambda layer, one using CONV_3D, one taking 10 numbers."""
+    from edgebuild.tf import keras
+
+    k = keras()
+    folder = tmp_path_factory.mktemp("models")
+    k.Sequential([k.Input((8, 8, 1)), k.layers.Lambda(lambda x: x * 2), k.layers.Flatten(), k.layers.Dense(10)]).save(
+        folder / "lambda.keras"
+    )
+    k.Sequential([k.Input((4, 6, 6, 1)), k.layers.Conv3D(2, 2), k.layers.Flatten(), k.layers.Dense(3)]).save(
+        folder / "conv3d.keras"
+    )
+    k.Sequential([k.Input((10,)), k.layers.Dense(10)]).save(folder / "vector.keras")
+    return folder
+
+
+def model_recipe(project: Path, models: Path, name: str, dataset: str = "digits") -> None:
+    shutil.copy(models / name, project / name)
+    text = QUICK_RECIPE.format(name="m").replace('architecture = "mlp"\nwidth = 0.5', f'path = "{name}"')
+    recipe(project, text.replace('dataset = "digits"', f'dataset = "{dataset}"'))
+
+
+# ------------------------------------------------------------------ configuration (exit 2)
+
+
+@case
+def malformed_recipe_toml(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    recipe(project, 'name = "x"\ndataset = \n')
+    return ["--target", "rpi4"], 2, ("edgebuild.toml", "invalid TOML", "line 2")
+
+
+@case
+def malformed_target_toml(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    (project / "targets" / "t.toml").write_text("[budgets\nmodel_bytes = 1")
+    return ["--target", "t"], 2, ("t.toml", "invalid TOML")
+
+
+@case
+def unknown_recipe_key(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, "epochs = 6", "epochz = 6")
+    return ["--target", "rpi4"], 2, ("train.epochz", "did you mean 'epochs'")
+
+
+@case
+def unknown_target_key(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return relaxed_target(project, "model_bytes =", "model_byte ="), 2, ("budgets.model_byte", "did you mean")
+
+
+@case
+def missing_recipe_key(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, 'dataset = "digits"\n', "")
+    return ["--target", "rpi4"], 2, ("'dataset'", "missing required key")
+
+
+@case
+def missing_target_key(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return relaxed_target(project, 'runtime = "litert"\n', ""), 2, ("'runtime'", "missing required key")
+
+
+@case
+def mistyped_recipe_value(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, "batch_size = 32", 'batch_size = "32"')
+    return ["--target", "rpi4"], 2, ("train.batch_size", "expected an integer, got str")
+
+
+@case
+def mistyped_target_value(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return relaxed_target(project, "threads = 1", 'threads = "one"'), 2, ("validate.threads", "expected an integer")
+
+
+@case
+def out_of_range_recipe_value(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, "learning_rate = 3e-3", "learning_rate = -1.0")
+    return ["--target", "rpi4"], 2, ("train.learning_rate", "out of range")
+
+
+@case
+def out_of_range_target_value(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return relaxed_target(project, "max_accuracy_drop = 0.01", "max_accuracy_drop = 5"), 2, ("out of range",)
+
+
+@case
+def unknown_recipe_name(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    return ["build", "--recipe", "mnst", "--target", "rpi4"], 2, ("unknown recipe 'mnst'", "did you mean 'mnist'")
+
+
+@case
+def unknown_target_name(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    return ["--target", "rpi"], 2, ("unknown target 'rpi'", "did you mean 'rpi4'")
+
+
+@case
+def unknown_device(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return ["--target", "rpi4", "--device", "telnet://pi"], 2, ("unknown device", "ssh://")
+
+
+@case
+def adb_without_benchmark_binary(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return ["--target", "rpi4", "--device", "adb"], 2, ("--benchmark-binary",)
+
+
+# ------------------------------------------------------------------ files
+
+
+@case
+def missing_model_file(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, 'architecture = "mlp"\nwidth = 0.5', 'path = "nowhere.keras"')
+    return ["--target", "rpi4-relaxed"], 2, ("nowhere.keras", "does not exist")
+
+
+@case
+def missing_dataset_file(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, 'dataset = "digits"', 'dataset = "npz:nowhere.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("nowhere.npz", "does not exist")
+
+
+@case
+def dataset_is_a_folder(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "data.npz").mkdir()
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("data.npz", "is a folder")
+
+
+@case
+def path_leaves_the_project(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, 'dataset = "digits"', 'dataset = "npz:../elsewhere/data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("leads outside the project",)
+
+
+@case
+def absolute_path(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, 'dataset = "digits"', 'dataset = "npz:/etc/passwd"')
+    return ["--target", "rpi4-relaxed"], 2, ("/etc/passwd", "absolute path")
+
+
+@case
+def symlink_out_of_the_project(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "data.npz").symlink_to("/etc/hostname")
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("leads outside the project",)
+
+
+@case
+def symlink_into_the_output_folder(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "build").mkdir()
+    (project / "build" / "data.npz").write_bytes(b"")
+    (project / "data.npz").symlink_to(project / "build" / "data.npz")
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("inside the build output folder",)
+
+
+@case
+def corrupt_npz(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "data.npz").write_bytes(b"PK\x03\x04garbage")
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("not a readable .npz",)
+
+
+@case
+def corrupt_h5_model(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
+    quick(project, 'architecture = "mlp"\nwidth = 0.5', 'path = "m.h5"')
+    return ["--target", "rpi4-relaxed"], 2, ("m.h5", "not a readable .h5 model")
+
+
+@case
+def truncated_keras_model(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    data = (models / "vector.keras").read_bytes()
+    (project / "m.keras").write_bytes(data[: len(data) // 2])
+    quick(project, 'architecture = "mlp"\nwidth = 0.5', 'path = "m.keras"')
+    return ["--target", "rpi4-relaxed"], 2, ("m.keras", "not a readable .keras model")
+
+
+@case
+def corrupt_saved_model(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "saved").mkdir()
+    (project / "saved" / "saved_model.pb").write_bytes(b"\x08\x01garbage")
+    quick(project, 'architecture = "mlp"\nwidth = 0.5', 'path = "saved"')
+    return ["--target", "rpi4-relaxed"], 2, ("saved", "cannot load")
+
+
+@case
+def corrupt_tflite(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "bad.tflite").write_bytes(b"\x1c\0\0\0TFL3" + os.urandom(300))
+    return ["inspect", "bad.tflite"], 2, ("bad.tflite",)
+
+
+@case
+def truncated_tflite(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    from edgebuild.tf import keras
+    from edgebuild.tflite import convert_keras
+
+    k = keras()
+    data = convert_keras(k.Sequential([k.Input((4,)), k.layers.Dense(2)]), "float32", "float32", None)
+    (project / "cut.tflite").write_bytes(data[: len(data) // 2])
+    return ["inspect", "cut.tflite"], 2, ("cut.tflite",)
+
+
+@case
+def unsafe_lambda_model(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    model_recipe(project, models, "lambda.keras")
+    return ["--target", "rpi4-relaxed"], 2, ("lambda.keras", "Lambda", "--allow-unsafe-model")
+
+
+# ------------------------------------------------------------------ data
+
+
+@case
+def dataset_with_nan(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    x = np.random.default_rng(1).random((60, 6, 6)).astype(np.float32)
+    x[3, 2, 1] = np.nan
+    npz_recipe(project, x_train=x)
+    return ["--target", "rpi4-relaxed"], 2, ("x_train holds NaN or Inf",)
+
+
+@case
+def dataset_with_inf(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    x = np.random.default_rng(1).random((12, 6, 6)).astype(np.float32)
+    x[0, 0, 0] = np.inf
+    npz_recipe(project, x_test=x)
+    return ["--target", "rpi4-relaxed"], 2, ("x_test holds NaN or Inf",)
+
+
+@case
+def labels_do_not_match_samples(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, y_train=np.arange(59) % 3)
+    return ["--target", "rpi4-relaxed"], 2, ("y_train has shape (59,)",)
+
+
+@case
+def labels_out_of_range(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, y_test=np.arange(12) % 3 - 1)
+    return ["--target", "rpi4-relaxed"], 2, ("negative labels",)
+
+
+@case
+def fewer_samples_than_a_batch(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    rng = np.random.default_rng(2)
+    npz_recipe(project, x_train=rng.random((20, 6, 6)).astype(np.float32), y_train=np.arange(20) % 3)
+    return ["--target", "rpi4-relaxed"], 2, ("train.batch_size", "more than the 18 training samples")
+
+
+@case
+def empty_split(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, x_test=np.zeros((0, 6, 6), np.float32), y_test=np.zeros((0,), np.int64))
+    return ["--target", "rpi4-relaxed"], 2, ("test split is empty",)
+
+
+@case
+def train_and_test_shapes_differ(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, x_test=np.zeros((12, 5, 6), np.float32))
+    return ["--target", "rpi4-relaxed"], 2, ("x_train samples have shape (6, 6) but x_test (5, 6)",)
+
+
+@case
+def model_input_does_not_match_data(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    model_recipe(project, models, "vector.keras")
+    return ["--target", "rpi4-relaxed"], 2, ("takes inputs of shape (10,)", "(8, 8, 1)")
+
+
+@case
+def op_the_runtime_lacks(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    rng = np.random.default_rng(3)
+    np.savez(
+        project / "volumes.npz",
+        x_train=rng.random((40, 4, 6, 6, 1)).astype(np.float32),
+        y_train=np.arange(40) % 3,
+        x_test=rng.random((9, 4, 6, 6, 1)).astype(np.float32),
+        y_test=np.arange(9) % 3,
+    )
+    model_recipe(project, models, "conv3d.keras", dataset="npz:volumes.npz")
+    return ["--target", "cortex-m4-relaxed"], 2, ("TFLM has no kernel for op CONV_3D", "conv3d")
+
+
+# ------------------------------------------------------------------ budgets and output
+
+
+@case
+def budget_that_can_never_be_met(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return relaxed_target(project, "model_bytes = 8_388_608", "model_bytes = 100"), 3, ("preflight", "model_bytes")
+
+
+@case
+def output_folder_under_a_file(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    (project / "taken").write_text("a file, not a folder")
+    return ["--target", "rpi4-relaxed", "--out", str(project / "taken" / "out")], 2, ("cannot write there",)
+
+
+def _mount_tmpfs(folder: Path, options: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+
+
+@case
+def output_folder_read_only(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    _mount_tmpfs(project / "ro", "ro,size=1m")
+    return ["--target", "rpi4-relaxed", "--out", str(project / "ro" / "out")], 2, ("cannot write there",)
+
+
+@case
+def disk_full(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    _mount_tmpfs(project / "small", "size=24k")
+    return ["--target", "rpi4-relaxed", "--out", str(project / "small" / "out")], 1, ("no space left",)
+
+
+@case
+def memory_bound_exceeded(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    return ["--target", "rpi4-relaxed", "--max-memory-mb", "64"], 1, ("more than the limit of 64 MB",)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(name: str, project: Path, models: Path) -> None:
+    args, code, needles = CASES[name](project, models)
+    try:
+        result = run_cli(*args, "--quiet", cwd=project) if args[0] not in ("inspect",) else run_cli(*args, cwd=project)
+        assert_one_line_error(result, code, *needles)
+        out = project / "build"
+        leftovers = [p for p in out.rglob("*") if p.is_file() and p.name != "data.npz"] if out.exists() else []
+        assert leftovers == [], leftovers
+        for mount in ("small", "ro"):
+            if (project / mount).exists():
+                assert list((project / mount).iterdir()) == [], "nothing half-written in the output folder"
+    finally:
+        for mount in ("small", "ro"):
+            if (project / mount).is_mount():
+                subprocess.run(["umount", str(project / mount)], check=False)
+
+
+def test_there_are_at_least_30_cases() -> None:
+    assert len(CASES) >= 30
