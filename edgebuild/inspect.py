@@ -11,6 +11,7 @@ the result. No TensorFlow import: this stays as fast as loading the model.
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
 import re
@@ -110,6 +111,7 @@ def _load_in_child(model: bytes) -> str | None:
     pid = os.fork()
     if pid == 0:  # the child: report and leave without running any of the parent's cleanup
         os.close(read_end)
+        faulthandler.disable()  # a crash here is an answer for the parent, not a dump on the terminal
         message = b""
         try:
             make_interpreter(model)
