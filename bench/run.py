@@ -758,7 +758,7 @@ def main() -> None:
         parts = {name: work / name for name in ("script", "targets", "kws", "cost")}
         for folder in parts.values():
             folder.mkdir()
-        print("1/4 every target ...", flush=True)
+        print("the default recipe on every target ...", flush=True)
         targets = SHIPPED_TARGETS[:2] if args.quick else SHIPPED_TARGETS
         result["every_target"] = every_target(recipe, targets, parts["targets"], 3 if args.quick else 5)
         first = result["every_target"]["rows"].get("rpi4", {})
@@ -771,14 +771,14 @@ def main() -> None:
                 "peak_rss_bytes": first["peak_rss_bytes"],
                 "stages": {s["name"]: s["seconds"] for s in result["every_target"]["cold_stages"]},
             }
-        print("2/4 against the TF-MOT script ...", flush=True)
+        print("against the TF-MOT script ...", flush=True)
         seeds = (0,) if args.quick else (0, 1, 2)
         result["against_script"] = against_script(recipe, parts["script"], seeds, full_plan_first)
-        print("3/4 MLPerf Tiny KWS ...", flush=True)
+        print("MLPerf Tiny KWS ...", flush=True)
         if args.kws:
             result["kws"] = kws(args.kws.resolve(), parts["kws"])
         if not args.quick:  # the growth builds take minutes; quick has the per-stage table of part 1
-            print("4/4 build cost ...", flush=True)
+            print("build cost ...", flush=True)
             result["build_cost"] = build_cost(recipe, parts["cost"], (1, 2, 4), (0.5, 2.0))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     result["goals"] = goals(result, args.quick)
