@@ -21,4 +21,5 @@ test: $(INSTALLED)
 	$(VENV)/bin/ruff check edgebuild tests bench
 	$(VENV)/bin/ruff format --check edgebuild tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy bench
 	$(VENV)/bin/pytest -q

@@ -170,7 +170,7 @@ def against_script(
     tfmot_target["budgets"] = {"max_accuracy_drop": 1.0}  # measured, not gated
     _write(project, "targets", "rpi4-tfmot", tfmot_target)
     _write(project, "targets", "rpi4-measure", {**_shipped("targets", "rpi4"), "budgets": {"max_accuracy_drop": 1.0}})
-    runs = []
+    runs: list[dict[str, Any]] = []
     for seed in seeds:
         seeded = {**recipe, "seed": seed, "name": f"{recipe['name']}-seed{seed}"}
         _write(project, "recipes", seeded["name"], seeded)

@@ -100,11 +100,9 @@ def two_four(recipe: Recipe, work: Path, cache: StageCache) -> dict[str, Any]:
     """2:4 sparsity on LiteRT against dense, for int8 and float32 models."""
     found: dict[str, Any] = {}
     for precision in ("int8", "float32"):
-        weights, activations, io = (precision, precision, precision)
         base = _target("rpi4", target=0.5, structure="2:4", exploitable=("2:4",))
-        base = dataclasses.replace(
-            base, precision=dataclasses.replace(base.precision, weights=weights, activations=activations, io=io)
-        )
+        same: dict[str, Any] = {"weights": precision, "activations": precision, "io": precision}
+        base = dataclasses.replace(base, precision=dataclasses.replace(base.precision, **same))
         dense_target = dataclasses.replace(base, sparsity=dataclasses.replace(base.sparsity, target=0.0))
         dense = _summary(_build(recipe, dense_target, work, cache, f"dense-{precision}"))
         try:
