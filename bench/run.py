@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from edgebuild.datasets import load_dataset
+from edgebuild.datasets import Dataset, load_dataset
 from edgebuild.schema import find_file, load_recipe
 from edgebuild.tf import versions
 
@@ -356,9 +356,11 @@ def _quantize(model: bytes, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- 4. build cost
 
 
-def _scaled_npz(recipe: Path, factor: int, path: Path) -> None:
-    """The recipe's dataset with ``factor`` times the training images (shifted copies), same test split."""
-    data = load_dataset(load_recipe(recipe))
+def _scaled_npz(data: Dataset, factor: int, path: Path) -> int:
+    """Write ``data`` with ``factor`` times the training images (shifted copies), same test split.
+
+    Returns the number of training images written.
+    """
     rng = np.random.default_rng(factor)
     xs, ys = [data.x_train], [data.y_train]
     for _ in range(factor - 1):
@@ -373,6 +375,7 @@ def _scaled_npz(recipe: Path, factor: int, path: Path) -> None:
         x_test=data.x_test,
         y_test=data.y_test,
     )
+    return len(order)
 
 
 def build_cost(
@@ -384,11 +387,12 @@ def build_cost(
     target = _shipped("targets", "rpi4")
     target["budgets"] = {"max_accuracy_drop": 1.0}  # measured, not gated
     _write(project, "targets", "rpi4-measure", target)
+    data = load_dataset(load_recipe(project / "recipes" / f"{base['name']}.toml"))
     variants: list[tuple[str, int, float]] = [(f"data-{f}x", f, 1.0) for f in factors]
     variants += [(f"width-{w:g}x", factors[0], w) for w in widths if w != 1.0]
     rows: dict[str, Any] = {}
     for name, factor, width in variants:
-        _scaled_npz(project / "recipes" / f"{base['name']}.toml", factor, project / f"{name}.npz")
+        train_images = _scaled_npz(data, factor, project / f"{name}.npz")
         table = {**recipe, "dataset": f"npz:{name}.npz"}
         table["model"] = {**recipe["model"], "width": recipe["model"]["width"] * width}
         if "distill" in recipe:
@@ -400,7 +404,7 @@ def build_cost(
             continue
         report = _report(project, name, "rpi4-measure")
         rows[name] = {
-            "train_images": int(np.load(project / f"{name}.npz")["y_train"].shape[0]),
+            "train_images": train_images,
             "width": width,
             "wall_s": round(run.seconds, 1),
             "peak_rss_bytes": run.peak_rss_bytes,
@@ -684,7 +688,7 @@ def markdown(result: dict[str, Any]) -> str:
     c = result.get("build_cost")
     if not c:
         return "\n".join(lines) + "\n"
-    stage_names = sorted({n for row in c["rows"].values() if "stages" in row for n in row["stages"]}, key=_stage_order)
+    stage_names = next((list(row["stages"]) for row in c["rows"].values() if "stages" in row), [])  # build order
     lines += [
         "",
         f"Growth with dataset size and width: cold builds (no cache) for rpi4 of the same plan with"
@@ -703,25 +707,6 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {row['train_images']:,} | {row['wall_s']} s | {_mb(row['peak_rss_bytes'])} | {stages} |"
         )
     return "\n".join(lines) + "\n"
-
-
-STAGE_ORDER = (
-    "preflight",
-    "baseline",
-    "distill",
-    "prune",
-    "qat",
-    "convert",
-    "vela",
-    "emit",
-    "link",
-    "validate",
-    "report",
-)
-
-
-def _stage_order(name: str) -> int:
-    return STAGE_ORDER.index(name) if name in STAGE_ORDER else len(STAGE_ORDER)
 
 
 def _stage_list(stages: dict[str, float]) -> str:

@@ -55,6 +55,7 @@ def run(ctx: BuildContext) -> str:
                 raise
             # XNNPACK refuses the sparse encoding of some int8 layers (measured: FULLY_CONNECTED).
             refused = str(e).removeprefix("LiteRT cannot load the model: ")
+            sparse = False  # the other candidate and the artifact are stored dense too
             tflite = convert_keras(model, mode, precision.io, representative, signature=only)
             score = _score(tflite, x_sel, y_sel)
         converted.append((name, tflite, score))
@@ -64,9 +65,7 @@ def run(ctx: BuildContext) -> str:
     chosen, ctx.tflite, _ = max(converted, key=lambda c: c[2])
     if not only:
         model = dict(candidates)[chosen]
-        ctx.tflite = convert_keras(
-            model, mode, precision.io, representative, sparse=sparse and not refused, signature=True
-        )
+        ctx.tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=True)
     ctx.conversion = {
         "mode": mode,
         "io": precision.io,
