@@ -7,9 +7,11 @@ This module must not import TensorFlow: ``--help`` and the listings stay fast.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -244,16 +246,29 @@ def inspect_command(model: Path, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
 
 
+def _interrupted() -> NoReturn:
+    """One line and exit 130. The build's own clean-up has run by now; os._exit because an
+    interrupt that landed inside a C extension's embedded Python run can leave the interpreter
+    marked to re-raise SIGINT at shutdown (exit -2 instead of 130)."""
+    click.echo("edgebuild: interrupted; the previous artifacts were left as they were", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map user-facing errors to one line on stderr and an exit code."""
+    sigints = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        sigints.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         cli.main(args=argv, prog_name="edgebuild", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("edgebuild: interrupted; the previous artifacts were left as they were", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("edgebuild: interrupted; the previous artifacts were left as they were", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _interrupted()
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -262,4 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     except EdgebuildError as e:
         click.echo(f"edgebuild: error: {e}", err=True)
         sys.exit(e.exit_code)
+    except Exception:
+        # Ctrl-C landing inside a C extension (TensorFlow's nest utilities, say) can come out
+        # as a SystemError or TypeError instead of KeyboardInterrupt: still an interruption.
+        if sigints:
+            _interrupted()
+        raise
     sys.exit(0)
