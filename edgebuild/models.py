@@ -8,12 +8,14 @@ probabilities.
 from __future__ import annotations
 
 import json
-import re
+import stat
 import zipfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from edgebuild.errors import ConfigError
+from edgebuild.files import read_limited, regular_file, stat_path
 from edgebuild.tf import keras
 
 
@@ -75,79 +77,227 @@ def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: in
     )
 
 
+# A saved model is read as data first: its config is bounded and checked before tf_keras sees it.
+MAX_MODEL_BYTES = 2 * 1024**3  # a .keras or .h5 file, a .keras archive unpacked, saved_model.pb (protobuf's limit)
+MAX_CONFIG_BYTES = 64 * 1024**2  # config.json, an .h5 model_config, keras_metadata.pb
+MAX_CONFIG_DEPTH = 200  # real configs nest a few dozen levels; tf_keras recurses several frames per level
 UNSAFE_LAYERS = ("Lambda",)
+# tf_keras's markers for plain data in saved configs: tuples, tensors, arrays, shapes, type specs.
+DATA_MARKERS = ("__tuple__", "__ellipsis__", "__tensor__", "__numpy__", "__bytes__", "TensorShape", "TypeSpec")
+MAX_NAMES_SHOWN = 8
 
 
-def _layer_classes(config: Any) -> list[str]:
-    """Class names of every layer in a Keras model config (nested models included)."""
-    found = []
-    if isinstance(config, dict):
-        inner = config.get("config", {})
-        layers = inner.get("layers") if isinstance(inner, dict) else None
-        if isinstance(layers, list):
-            for layer in layers:
-                found.append(str(layer.get("class_name", "")) if isinstance(layer, dict) else "")
-                found += _layer_classes(layer)
-    return found
+@cache
+def _known_names() -> frozenset[str]:
+    """The names of tf_keras's own classes and functions a config may use (layers, initializers, ...), not Lambda."""
+    k = keras()
+    spaces = [k.layers, k.activations, k.initializers, k.regularizers, k.constraints, k.losses, k.metrics]
+    spaces += [k.optimizers, k.optimizers.schedules, k.mixed_precision]
+    names = {name for space in spaces for name in dir(space) if not name.startswith("_")}
+    # tf_keras registers some of its own classes under other names, such as "Custom>Adam".
+    registry = k.saving.get_custom_objects().items()
+    names |= {name for name, obj in registry if getattr(obj, "__module__", "").startswith("tf_keras.")}
+    return frozenset(names | {"Functional", "Sequential", "Model", *DATA_MARKERS}) - frozenset(UNSAFE_LAYERS)
 
 
-def saved_layer_classes(path: Path) -> list[str]:
-    """The layer classes a saved model declares, read from its config without loading any code.
+def _shown(name: object) -> str:
+    text = str(name)[:80]
+    return text if text.isprintable() else ascii(text)
 
-    Raises ConfigError when the file cannot be read as that format.
+
+def _judge(node: dict[str, Any]) -> str | None:
+    """What would run or import code in one serialized object (a dict with ``class_name``), or None.
+
+    tf_keras imports the object's ``module`` (any module, in safe mode too), then looks up
+    ``class_name`` or ``registered_name`` in it; the class ``"function"`` names its function
+    in ``config``. So: a Lambda or lambda, a module outside keras/tf_keras, or a name tf_keras lacks.
     """
+    cls, module, registered = node["class_name"], node.get("module"), node.get("registered_name")
+    name = node.get("config") if cls == "function" else cls
+    if cls in UNSAFE_LAYERS or registered in UNSAFE_LAYERS:
+        return "Lambda"
+    if cls == "__lambda__":  # a Python lambda saved in place of a function (an activation, say)
+        return "a Python lambda"
+    if cls == "function" and module == "builtins":  # tf_keras's own activations, losses, ... saved by name
+        module = None
+    if module is not None and not (
+        isinstance(module, str) and (module in ("keras", "tf_keras") or module.startswith(("keras.", "tf_keras.")))
+    ):
+        return f"{_shown(module)}.{_shown(name)}"
+    for candidate in (name, registered):
+        if candidate is not None and not (isinstance(candidate, str) and candidate in _known_names()):
+            return _shown(candidate)
+    return None
+
+
+def unsafe_objects(configs: list[Any], path: Path, where: str) -> list[str]:
+    """The objects in a saved model's configs that would run or import code from outside tf_keras.
+
+    Walks every dict and list of ``configs`` (so layers inside wrappers such as
+    TimeDistributed and Bidirectional, sub-models, initializers, activations, ...) and
+    returns sorted names: ``Lambda``, ``module.name`` for an object from another module,
+    a class or function tf_keras does not have, or a layer that carries a Python lambda.
+    Raises ConfigError when a config nests more than MAX_CONFIG_DEPTH levels.
+    """
+    found: set[str] = set()
+
+    def walk(node: Any, depth: int, owner: object) -> None:
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"{where}: {path}: the model config nests more than {MAX_CONFIG_DEPTH} levels deep",
+                hint="is this a Keras model?",
+            )
+        if isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1, owner)
+        elif isinstance(node, dict):
+            if "class_name" in node:
+                owner = node["class_name"]
+                problem = _judge(node)
+                if problem:
+                    found.add(problem)
+            for key, value in node.items():
+                # Lambda and the RNN cell wrappers keep marshalled bytecode under "<what>_type": "lambda".
+                if key.endswith("_type") and value == "lambda" and owner not in UNSAFE_LAYERS:
+                    found.add(f"{_shown(owner)} (Python code in {key!r})")
+                walk(value, depth + 1, owner)
+
+    for config in configs:
+        walk(config, 0, None)
+    return sorted(found)
+
+
+def _parse_json(text: str | bytes, path: Path, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:  # json's C parser recurses once per nested list or dict
+        raise ConfigError(
+            f"{where}: {path}: the model config nests too deeply to read", hint="is this a Keras model?"
+        ) from None
+
+
+def _keras_config(path: Path, where: str) -> bytes:
+    """The ``config.json`` of a ``.keras`` archive, its announced sizes checked before reading."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("config.json")
+        if info.file_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{where}: {path}: its config.json unpacks to {info.file_size:,} bytes, "
+                f"more than the {MAX_CONFIG_BYTES:,} edgebuild reads",
+                hint="is this a Keras model?",
+            )
+        unpacked = sum(member.file_size for member in archive.infolist())
+        if unpacked > MAX_MODEL_BYTES:  # tf_keras reads the weights member whole into memory
+            raise ConfigError(
+                f"{where}: {path} unpacks to {unpacked:,} bytes, more than the {MAX_MODEL_BYTES:,} edgebuild loads"
+            )
+        with archive.open(info) as member:
+            return member.read(MAX_CONFIG_BYTES + 1)  # zipfile stops at the announced size
+
+
+def _h5_config(path: Path, where: str) -> str | bytes:
+    """The ``model_config`` attribute of an ``.h5`` file, its size checked before reading."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if "model_config" not in h5.attrs:
+            raise ConfigError(
+                f"{where}: {path}: an .h5 file without a model (only weights?)", hint="save the whole model"
+            )
+        # A fixed-length string announces its size here; a variable-length one lies in the
+        # file's heap, so the file's own size (checked before opening) bounds it.
+        announced = h5.attrs.get_id("model_config").get_storage_size()
+        raw = h5.attrs["model_config"] if announced <= MAX_CONFIG_BYTES else None
+    if not isinstance(raw, str | bytes) or len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {path}: its model_config is not a text of at most {MAX_CONFIG_BYTES:,} bytes")
+    return raw
+
+
+def _saved_model_metadata(folder: Path, where: str) -> list[str]:
+    """The Keras metadata (JSON text) of each object in a SavedModel folder, where tf_keras reads it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    # TensorFlow opens the files the folder holds (variables, assets): a FIFO or device would block it.
+    for entry in sorted(folder.rglob("*")):
+        if not entry.is_dir():
+            regular_file(entry, where, max_bytes=MAX_MODEL_BYTES, what="SavedModel file")
+    keras_pb = folder / "keras_metadata.pb"
+    if stat_path(keras_pb, where) is not None:
+        metadata = saved_metadata_pb2.SavedMetadata()
+        metadata.ParseFromString(read_limited(keras_pb, where, max_bytes=MAX_CONFIG_BYTES, what="keras_metadata.pb"))
+        return [node.metadata for node in metadata.nodes]
+    # Before TF 2.5 Keras kept the same metadata inside saved_model.pb, and tf_keras still reads it there.
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(
+        read_limited(folder / "saved_model.pb", where, max_bytes=MAX_MODEL_BYTES, what="saved_model.pb")
+    )
+    nodes = [node for graph in saved.meta_graphs for node in graph.object_graph_def.nodes]
+    return [node.user_object.metadata for node in nodes if node.HasField("user_object")]
+
+
+def read_model_configs(path: Path, where: str) -> list[Any]:
+    """The parsed JSON configs of a saved model, read without running or importing any of its code.
+
+    One config for a ``.keras`` archive (its ``config.json``) or an ``.h5`` file (its
+    ``model_config`` attribute); one per Keras object for a SavedModel folder
+    (``keras_metadata.pb``, or ``saved_model.pb`` for models saved before TF 2.5). Sizes
+    are checked before reading. Raises ConfigError when a file is too large, not a
+    regular file, or cannot be read as that format.
+    """
+    from google.protobuf.message import DecodeError
+
     try:
         if path.is_dir():
-            metadata = path / "keras_metadata.pb"
-            text = metadata.read_bytes().decode("utf-8", "replace") if metadata.is_file() else ""
-            return re.findall(r'"class_name": "([^"]+)"', text)
+            return [_parse_json(text, path, where) for text in _saved_model_metadata(path, where) if text]
         if path.suffix == ".keras":
-            with zipfile.ZipFile(path) as archive:
-                return _layer_classes(json.loads(archive.read("config.json")))
-        import h5py
-
-        with h5py.File(path, "r") as h5:
-            raw = h5.attrs.get("model_config")
-            if raw is None:
-                raise ConfigError(f"{path}: an .h5 file without a model (only weights?)", hint="save the whole model")
-            return _layer_classes(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            return [_parse_json(_keras_config(path, where), path, where)]
+        return [_parse_json(_h5_config(path, where), path, where)]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, DecodeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        kind = f"{path.suffix} model" if path.suffix else "SavedModel"
         raise ConfigError(
-            f"{path}: not a readable {path.suffix or 'SavedModel'} model ({type(e).__name__}: {e})"
+            f"{where}: cannot load {path}: not a readable {kind} ({type(e).__name__}: {detail})"
         ) from None
 
 
 def load_model(path: Path, where: str, *, allow_unsafe: bool = False) -> Any:
     """Load a ``.keras``, ``.h5`` or SavedModel folder as a tf_keras model (uncompiled), safely.
 
-    A model with a Lambda layer or custom classes runs code from the file when loaded,
-    so it is refused unless ``allow_unsafe``. Raises ConfigError when the file is
-    missing, unsafe, or cannot be read as a Keras model.
+    Reads the model's config first (``read_model_configs``): a Lambda layer, or a class or
+    function from outside tf_keras, at any depth, runs or imports code from the file when
+    loaded, so such a model is refused unless ``allow_unsafe``. Loading then runs in
+    tf_keras's safe mode for every format. Raises ConfigError when the path is missing, not
+    a regular file or folder (a FIFO, device, socket, symlink loop, NUL byte), too large,
+    unsafe, or cannot be read as a Keras model.
     """
-    if not path.exists():
+    info = stat_path(path, where)
+    if info is None:
         raise ConfigError(f"{where}: model file {path} does not exist")
-    if path.is_dir() and not (path / "saved_model.pb").is_file():
-        raise ConfigError(f"{where}: {path} is a folder without saved_model.pb", hint="give a SavedModel folder")
-    if path.is_file() and path.suffix not in (".keras", ".h5", ".hdf5"):
+    if stat.S_ISDIR(info.st_mode):
+        if stat_path(path / "saved_model.pb", where) is None:
+            raise ConfigError(f"{where}: {path} is a folder without saved_model.pb", hint="give a SavedModel folder")
+    elif path.suffix not in (".keras", ".h5", ".hdf5"):
         raise ConfigError(
             f"{where}: {path} is not a .keras, .h5 or SavedModel", hint="save the model with model.save()"
         )
+    else:
+        regular_file(path, where, max_bytes=MAX_MODEL_BYTES, what="Keras model")
     k = keras()
-    known = {name for name in dir(k.layers) if not name.startswith("_")} | {"Functional", "Sequential", "Model"}
-    classes = saved_layer_classes(path)
-    unsafe = sorted({c for c in classes if c in UNSAFE_LAYERS or c.startswith("Custom>") or (c and c not in known)})
-    if path.is_dir():  # SavedModel metadata also names initializers and the like: judge Lambda and Custom> only
-        unsafe = sorted({c for c in classes if c in UNSAFE_LAYERS or c.startswith("Custom>")})
+    unsafe = unsafe_objects(read_model_configs(path, where), path, where)
     if unsafe and not allow_unsafe:
+        more = f" and {len(unsafe) - MAX_NAMES_SHOWN} more" if len(unsafe) > MAX_NAMES_SHOWN else ""
         raise ConfigError(
-            f"{where}: {path} has layers that run code from the file when loaded: {', '.join(unsafe)}",
+            f"{where}: {path} names objects that run or import code when loaded: "
+            f"{', '.join(unsafe[:MAX_NAMES_SHOWN])}{more}",
             hint="rebuild the model from standard layers, or pass --allow-unsafe-model if you trust this file",
         )
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
     try:
-        if path.suffix == ".keras":
+        # The .h5 and SavedModel loaders ignore safe_mode=; Lambda layers consult the scope in every format.
+        with SafeModeScope(not allow_unsafe):
             model = k.models.load_model(str(path), compile=False, safe_mode=not allow_unsafe)
-        else:
-            model = k.models.load_model(str(path), compile=False)
     except Exception as e:  # Keras raises many types for unreadable files
         detail = " ".join(str(e).split())[:300]
         raise ConfigError(f"{where}: cannot load {path} as a Keras model: {type(e).__name__}: {detail}") from None

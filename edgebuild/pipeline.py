@@ -9,13 +9,10 @@ folder, in one atomic exchange. A failure leaves the previous artifacts as they 
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,16 +21,17 @@ from typing import Any
 
 from edgebuild import __version__
 from edgebuild.budgets import budget_table, missed_summary
-from edgebuild.cache import Entry, StageCache, cache_key, default_max_bytes, default_root
+from edgebuild.cache import Entry, StageCache, cache_key, check_cache_root, default_max_bytes, default_root
 from edgebuild.context import BuildContext
-from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
+from edgebuild.errors import BudgetError, BuildError, EdgebuildError
 from edgebuild.manifest import input_files, up_to_date, write_manifest
 from edgebuild.memory import MemoryWatch
 from edgebuild.progress import Reporter
+from edgebuild.publish import check_out_folder, make_work_folder, protected_folders, publish
 from edgebuild.runners import DeviceSpec, parse_device
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
-from edgebuild.tf import build_threads, seed_everything, versions
+from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, seed_everything, versions
 
 STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
     ("preflight", preflight.run),
@@ -49,8 +47,6 @@ STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
     ("report", report.run),
 ]
 
-_RENAME_EXCHANGE = 2
-
 
 def folder_name(name: str) -> str:
     """A safe folder name for a recipe or target name (no separators, no leading dot)."""
@@ -61,49 +57,6 @@ def folder_name(name: str) -> str:
 def default_out(recipe: Recipe, target: Target, root: Path) -> Path:
     """``root/build/<recipe>/<target>``."""
     return root / "build" / folder_name(recipe.name) / folder_name(target.name)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two folders (Linux renameat2); False where the system cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return bool(result == 0)
-
-
-def publish(work: Path, out: Path) -> None:
-    """Move the finished ``work`` folder to ``out``, replacing what was there, atomically."""
-    if out.exists() and _exchange(work, out):
-        shutil.rmtree(work)  # now holds the previous artifacts
-        return
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        work.rename(out)
-        shutil.rmtree(old)
-    else:
-        work.rename(out)
-
-
-def _make_work_folder(out: Path) -> Path:
-    """A private temporary folder beside ``out``; clears those that killed builds left behind."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{out.name}.tmp-"
-        for stale in out.parent.glob(f"{prefix}*"):
-            pid = stale.name.removeprefix(prefix).split("-")[0]
-            if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):  # its build is gone
-                shutil.rmtree(stale, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
-    except OSError as e:
-        raise ConfigError(
-            f"output folder {out}: cannot write there ({e.strerror})",
-            hint="choose another folder with --out, or fix its permissions",
-        ) from None
 
 
 # Stages whose results the cache keeps, in pipeline order; each module has
@@ -133,6 +86,7 @@ def _cache_plan(ctx: BuildContext, cache: StageCache) -> dict[str, tuple[str, En
         versions(),
         __version__,
         build_threads(),
+        ONEDNN_MAX_CPU_ISA,
     )
     plan: dict[str, tuple[str, Entry | None]] = {}
     for name, module in CACHED_STAGES.items():
@@ -212,8 +166,9 @@ def run_build(
     options = options or BuildOptions()
     device = options.device or parse_device(target.validate.device)
     cache = cache or StageCache(Path("/nonexistent"), enabled=False)
+    check_out_folder(out, protected_folders(recipe.source, target.source, cache.root if cache.enabled else None))
     new_folders = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    work = _make_work_folder(out)
+    work = make_work_folder(out)
     ctx = BuildContext(
         recipe=recipe,
         target=target,
@@ -248,10 +203,12 @@ def run_build(
                 hint="see the table above; the previous artifacts were left as they were",
             )
         write_manifest(work, recipe, target, ctx.data.sha256(), options.recorded(target))
-        publish(work, out)
+        left = publish(work, out)
         published = True
+        for path in left:
+            ctx.warn(f"{path} was not written by edgebuild, so it was kept; move it where it belongs")
     finally:
-        if work.exists():
+        if not published and work.exists():  # the private work folder: everything in it is edgebuild's
             shutil.rmtree(work, ignore_errors=True)
         if not published:  # leave no empty build/<recipe>/ behind a failed first build
             for folder in new_folders:
@@ -287,13 +244,21 @@ def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
             if e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise BuildError(f"{name}: no space left on the device ({e.filename or ctx.out.parent})") from None
             raise
+        except MemoryError:
+            raise BuildError(
+                f"{name}: out of memory", hint="lower train.batch_size, use less data, or a smaller model"
+            ) from None
         seconds = time.perf_counter() - start
         ctx.stages.append({"name": name, "seconds": round(seconds, 3), "summary": summary})
         ctx.reporter.stage_end(name, seconds, summary)
 
 
 def current_report(out: Path, recipe: Recipe, target: Target, options: BuildOptions) -> dict[str, Any] | None:
-    """The report of ``out`` when its outputs are current for these inputs (no TensorFlow), else None."""
+    """The report of ``out`` when its outputs are current for these inputs (no TensorFlow), else None.
+
+    Raises ConfigError when ``out`` is not a folder edgebuild may write (see ``check_out_folder``).
+    """
+    check_out_folder(out, protected_folders(recipe.source, target.source))
     if not up_to_date(out, recipe, target, options.recorded(target)):
         return None
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
@@ -327,6 +292,8 @@ def build(
     project = Path.cwd()
     loaded_recipe, loaded_target = resolve(recipe, target, project)
     out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
+    if cache:
+        check_cache_root(default_root())
     if cache and (report := current_report(out_path, loaded_recipe, loaded_target, BuildOptions())) is not None:
         return report
     stage_cache = StageCache(default_root(), default_max_bytes(), enabled=cache)

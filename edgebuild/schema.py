@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgebuild.errors import ConfigError
+from edgebuild.files import check_path_text, read_limited
 
 BUILTIN_ARCHITECTURES = ("small_cnn", "ds_cnn", "mlp")
 BUILTIN_DATASETS = ("mnist", "digits")
@@ -122,12 +123,13 @@ class Memory:
     the application, stack and heap) when the linker checks that the model fits.
     """
 
-    flash_bytes: int = field(metadata=_range(1))
-    ram_bytes: int = field(metadata=_range(1))
+    # A Cortex-M addresses 4 GiB in all: larger sizes are typos, and the linker refuses them.
+    flash_bytes: int = field(metadata=_range(1, 2**32))
+    ram_bytes: int = field(metadata=_range(1, 2**32))
     flash_origin: int = field(default=0x0800_0000, metadata=_range(0, 2**32 - 1))
     ram_origin: int = field(default=0x2000_0000, metadata=_range(0, 2**32 - 1))
-    reserved_flash_bytes: int = field(default=0, metadata=_range(0))
-    reserved_ram_bytes: int = field(default=0, metadata=_range(0))
+    reserved_flash_bytes: int = field(default=0, metadata=_range(0, 2**32))
+    reserved_ram_bytes: int = field(default=0, metadata=_range(0, 2**32))
 
     def _check(self) -> None:
         if self.reserved_flash_bytes >= self.flash_bytes:
@@ -388,15 +390,19 @@ class Recipe:
         Raises ConfigError for an absolute path, one that leaves the project (through
         ``..`` or a symlink), or one inside the project's ``build/`` output folder.
         """
+        where = f"{self.source}: key '{key}'"
+        check_path_text(value, where)
         project = Path(self.source).parent.resolve()
         raw = Path(value)
-        where = f"{self.source}: key '{key}'"
         if raw.is_absolute() or value.startswith("~"):
             raise ConfigError(
                 f"{where}: {value!r} is an absolute path",
                 hint="paths in a recipe are relative to its folder: keep the file in the project",
             )
-        resolved = (project / raw).resolve()
+        try:
+            resolved = (project / raw).resolve()
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+            raise ConfigError(f"{where}: {value!r} is a symlink loop", hint="point the link at a real file") from None
         if not resolved.is_relative_to(project):
             raise ConfigError(
                 f"{where}: {value!r} leads outside the project folder {project}",
@@ -494,22 +500,19 @@ def _parse_table(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    data = read_limited(path, "", max_bytes=MAX_TOML_BYTES, what=".toml file")
     try:
-        if path.stat().st_size > MAX_TOML_BYTES:
-            raise ConfigError(f"{path}: file is larger than {MAX_TOML_BYTES} bytes", hint="is this the right file?")
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, expected a .toml file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied", hint="make the file readable") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})", hint="save the file as UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}", hint="fix the syntax at that line") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: arrays or tables nested too deeply to read", hint="is this the right file?"
+        ) from None
 
 
 def _load(cls: type, path: Path) -> Any:
@@ -555,16 +558,17 @@ def find_file(kind: str, name_or_path: str, project: Path) -> Path:
     A name is looked up in ``project/<kind>/`` first, then among the shipped files.
     Raises ConfigError with the nearest name when nothing matches.
     """
+    check_path_text(name_or_path, f"--{kind[:-1]}")
     if "/" in name_or_path or name_or_path.endswith(".toml"):
         path = Path(name_or_path)
-        if not path.is_file():
+        if not (path.exists() or path.is_symlink()):
             raise ConfigError(f"{kind[:-1]} file {name_or_path!r} does not exist")
-        return path
+        return path  # the loader says what is wrong with anything that is not a readable .toml file
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name_or_path):
         raise ConfigError(f"{name_or_path!r} is not a valid {kind[:-1]} name")
     for folder in (project / kind, _data_dir(kind)):
         candidate = folder / f"{name_or_path}.toml"
-        if candidate.is_file():
+        if candidate.exists() or candidate.is_symlink():
             return candidate
     known = all_names(kind, project)
     raise ConfigError(

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgebuild.errors import BuildError
 from edgebuild.progress import Reporter
 from edgebuild.tf import keras, tf
 
@@ -59,16 +60,41 @@ def weights_from(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [arrays[name] for name in sorted(arrays) if name.startswith("w")]
 
 
-def predict_classes(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Top-1 class of every input under a Keras model."""
-    return np.argmax(model.predict(x, batch_size=batch_size, verbose=0), axis=-1)
+DIVERGED_HINT = "lower the stage's learning_rate, or scale the inputs to about [-1, 1]"
 
 
-def accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of a Keras model (0..1); nan for an empty set."""
+def check_outputs(outputs: np.ndarray, what: str) -> None:
+    """A model must give finite outputs that depend on its input.
+
+    ``outputs`` are the model's outputs on the test split, one row per input. Raises
+    BuildError naming ``what`` when any is NaN or Inf, or when every row is the same
+    (the model ignores its input: it learned nothing, or training diverged).
+    """
+    if outputs.size == 0:
+        return
+    if np.issubdtype(outputs.dtype, np.floating) and not np.isfinite(outputs).all():
+        raise BuildError(
+            f"{what} gives NaN or Inf outputs: training diverged, or the model's weights hold NaN or Inf",
+            hint=DIVERGED_HINT,
+        )
+    if len(outputs) > 1 and (outputs == outputs[:1]).all():
+        raise BuildError(
+            f"{what} gives the same output for every one of the {len(outputs)} test inputs: it does not "
+            "depend on its input (training diverged or learned nothing)",
+            hint=DIVERGED_HINT,
+        )
+
+
+def accuracy(model: Any, x: np.ndarray, y: np.ndarray, what: str) -> float:
+    """Top-1 accuracy of a Keras model (0..1); nan for an empty set.
+
+    Raises BuildError naming ``what`` when the model's outputs are dead (see ``check_outputs``).
+    """
     if len(x) == 0:
         return float("nan")
-    return float(np.mean(predict_classes(model, x) == y))
+    outputs = np.asarray(model.predict(x, batch_size=256, verbose=0))
+    check_outputs(outputs, what)
+    return float(np.mean(np.argmax(outputs, axis=-1) == y))
 
 
 def _distiller(student: Any, temperature: float, alpha: float) -> Any:
@@ -149,10 +175,17 @@ def fit_model(
         data = t.data.Dataset.from_tensor_slices((x, (y, teacher.logits)))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
 
+    diverged: list[int] = []
     with reporter.epochs(what, epochs) as bar:
 
         class _Progress(k.callbacks.Callback):  # type: ignore[name-defined]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-                bar.advance({key: float(v) for key, v in (logs or {}).items()})
+                metrics = {key: float(v) for key, v in (logs or {}).items()}
+                bar.advance(metrics)
+                if not np.isfinite(metrics.get("loss", 0.0)):
+                    diverged.append(epoch + 1)
+                    self.model.stop_training = True
 
         trainer.fit(data, epochs=epochs, verbose=0, callbacks=[_Progress(), *callbacks])
+    if diverged:
+        raise BuildError(f"{what}: the loss became NaN or Inf in epoch {diverged[0]}", hint=DIVERGED_HINT)

@@ -13,13 +13,15 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from tests.conftest import QUICK_RECIPE, assert_one_line_error, quick_project, run_cli, shipped
 
-Case = Callable[[Path, Path], tuple[list[str], int, tuple[str, ...]]]
+# A case returns the arguments, the exit code, what the error line must say, and optionally environment variables.
+Case = Callable[[Path, Path], tuple[Any, ...]]
 CASES: dict[str, Case] = {}
 
 
@@ -73,6 +75,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder / "conv3d.keras"
     )
     k.Sequential([k.Input((10,)), k.layers.Dense(10)]).save(folder / "vector.keras")
+    k.Sequential(
+        [k.Input((None, None, 1)), k.layers.Conv2D(4, 3), k.layers.GlobalAveragePooling2D(), k.layers.Dense(10)]
+    ).save(folder / "dynamic.keras")
+    nan = k.Sequential([k.Input((8, 8, 1)), k.layers.Flatten(), k.layers.Dense(10), k.layers.Softmax()])
+    nan.set_weights([np.full_like(w, np.nan) for w in nan.get_weights()])
+    nan.save(folder / "nan.keras")
     return folder
 
 
@@ -357,7 +365,7 @@ def budget_that_can_never_be_met(project: Path, models: Path) -> tuple[list[str]
 def output_folder_under_a_file(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
     quick_project(project)
     (project / "taken").write_text("a file, not a folder")
-    return ["--target", "rpi4-relaxed", "--out", str(project / "taken" / "out")], 2, ("cannot write there",)
+    return ["--target", "rpi4-relaxed", "--out", str(project / "taken" / "out")], 2, ("taken/out", "is a file")
 
 
 def _mount_tmpfs(folder: Path, options: str) -> None:
@@ -389,11 +397,222 @@ def memory_bound_exceeded(project: Path, models: Path) -> tuple[list[str], int, 
     return ["--target", "rpi4-relaxed", "--max-memory-mb", "64"], 1, ("more than the limit of 64 MB",)
 
 
+# ------------------------------------------------------------------ files that are not files, hostile sizes
+
+
+@case
+def recipe_is_a_named_pipe(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    os.mkfifo(project / "fifo.toml")
+    return ["build", "--recipe", "fifo.toml", "--target", "rpi4"], 2, ("fifo.toml", "named pipe")
+
+
+@case
+def target_is_a_named_pipe(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    os.mkfifo(project / "targets" / "t.toml")
+    return ["--target", "t"], 2, ("t.toml", "named pipe")
+
+
+@case
+def project_recipe_is_a_named_pipe(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    os.mkfifo(project / "edgebuild.toml")
+    return ["--target", "rpi4"], 2, ("edgebuild.toml", "named pipe")
+
+
+@case
+def project_recipe_is_a_broken_symlink(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "edgebuild.toml").symlink_to(project / "gone.toml")
+    return ["--target", "rpi4"], 2, ("edgebuild.toml", "broken symlink")
+
+
+@case
+def project_recipe_is_a_folder(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "edgebuild.toml").mkdir()
+    return ["--target", "rpi4"], 2, ("edgebuild.toml", "is a folder")
+
+
+@case
+def dataset_is_a_named_pipe(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    os.mkfifo(project / "data.npz")
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("data.npz", "named pipe")
+
+
+@case
+def dataset_is_a_symlink_loop(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "data.npz").symlink_to(project / "data.npz")
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("data.npz", "symlink loop")
+
+
+@case
+def nul_byte_in_a_recipe_path(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick(project, 'dataset = "digits"', 'dataset = "npz:da\\u0000ta.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("NUL byte",)
+
+
+@case
+def deeply_nested_toml(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    recipe(project, 'name = "x"\nnested = ' + "[" * 50_000 + "]" * 50_000 + "\n")
+    return ["--target", "rpi4"], 2, ("edgebuild.toml", "nested too deeply")
+
+
+@case
+def inspect_a_device(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    return ["inspect", "/dev/zero"], 2, ("/dev/zero", "is a device")
+
+
+@case
+def inspect_a_named_pipe(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    os.mkfifo(project / "model.tflite")
+    return ["inspect", "model.tflite"], 2, ("model.tflite", "named pipe")
+
+
+@case
+def inspect_zeros_behind_a_tflite_header(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    (project / "zeros.tflite").write_bytes(b"\x1c\0\0\0TFL3" + bytes(2000))
+    return ["inspect", "zeros.tflite"], 2, ("zeros.tflite", "not a usable .tflite model")
+
+
+def _npz_with_announced_shape(path: Path, key: str, shape: tuple[int, ...]) -> None:
+    """An .npz whose ``key`` header announces ``shape`` (float32) but holds almost no data."""
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.random((60, 6, 6)), "y_train": np.arange(60) % 3}
+    arrays |= {"x_test": rng.random((12, 6, 6)), "y_test": np.arange(12) % 3}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            if name == key:
+                header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(buffer, header)
+                buffer.write(bytes(64))
+            else:
+                np.save(buffer, array)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+
+
+@case
+def npy_header_announces_terabytes(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    _npz_with_announced_shape(project / "data.npz", "x_train", (10**12, 6, 6))
+    quick(project, 'dataset = "digits"', 'dataset = "npz:data.npz"')
+    return ["--target", "rpi4-relaxed"], 2, ("data.npz", "announce", "bytes")
+
+
+@case
+def zero_dimensional_labels(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, y_train=np.array(2))
+    return ["--target", "rpi4-relaxed"], 2, ("y_train has shape ()",)
+
+
+@case
+def zero_dimensional_label_names(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, labels=np.array("cat"))
+    return ["--target", "rpi4-relaxed"], 2, ("labels has shape ()",)
+
+
+@case
+def zero_dimensional_inputs(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, x_test=np.array(1.0, np.float32))
+    return ["--target", "rpi4-relaxed"], 2, ("x_test has shape ()",)
+
+
+@case
+def samples_without_features(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    npz_recipe(project, x_train=np.zeros((60, 0), np.float32), x_test=np.zeros((12, 0), np.float32))
+    return ["--target", "rpi4-relaxed"], 2, ("no features",)
+
+
+@case
+def label_of_two_billion(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    y = np.arange(60) % 3
+    y[5] = 2**31 - 1
+    npz_recipe(project, y_train=y)
+    return ["--target", "rpi4-relaxed"], 2, ("largest label is 2147483647", "60 training samples")
+
+
+@case
+def complex_inputs(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    x = np.random.default_rng(1).random((60, 6, 6)) * (1 + 1j)
+    npz_recipe(project, x_train=x)
+    return ["--target", "rpi4-relaxed"], 2, ("x_train holds complex numbers",)
+
+
+@case
+def inputs_beyond_float32(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    x = np.random.default_rng(1).random((60, 6, 6)) * 1e300
+    npz_recipe(project, x_train=x)
+    return ["--target", "rpi4-relaxed"], 2, ("x_train holds NaN or Inf",)
+
+
+@case
+def dynamic_input_shape_on_tflm(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    model_recipe(project, models, "dynamic.keras")
+    return ["--target", "cortex-m4-relaxed"], 2, ("dynamic.keras", "(None, None, 1)", "fixed input shape")
+
+
+@case
+def model_with_nan_weights(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    model_recipe(project, models, "nan.keras")
+    return ["--target", "rpi4-relaxed"], 1, ("baseline", "NaN or Inf", "learning_rate")
+
+
+@case
+def cache_dir_is_a_file(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    (project / "cache").write_text("a file")
+    return ["--target", "rpi4-relaxed", "--cache-dir", "cache"], 2, ("stage cache folder", "is a file")
+
+
+@case
+def cache_dir_under_a_file(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    (project / "cache").write_text("a file")
+    return ["--target", "rpi4-relaxed", "--cache-dir", "cache/sub"], 2, ("cache/sub", "is a file, not a folder")
+
+
+@case
+def cache_dir_read_only(project: Path, models: Path) -> tuple[list[str], int, tuple[str, ...]]:
+    quick_project(project)
+    _mount_tmpfs(project / "ro", "ro,size=1m")
+    return ["--target", "rpi4-relaxed", "--cache-dir", "ro/cache"], 2, ("stage cache folder", "cannot write there")
+
+
+@case
+def memory_limit_from_the_environment_not_a_number(
+    project: Path, models: Path
+) -> tuple[list[str], int, tuple[str, ...], dict[str, str]]:
+    quick_project(project)
+    return ["--target", "rpi4-relaxed"], 2, ("EDGEBUILD_MAX_MEMORY_MB", "'abc'"), {"EDGEBUILD_MAX_MEMORY_MB": "abc"}
+
+
+@case
+def cache_bound_from_the_environment_not_a_number(
+    project: Path, models: Path
+) -> tuple[list[str], int, tuple[str, ...], dict[str, str]]:
+    quick_project(project)
+    return ["--target", "rpi4-relaxed"], 2, ("EDGEBUILD_CACHE_MAX_BYTES", "'2GB'"), {"EDGEBUILD_CACHE_MAX_BYTES": "2GB"}
+
+
+@case
+def thread_count_from_the_environment_not_a_number(
+    project: Path, models: Path
+) -> tuple[list[str], int, tuple[str, ...], dict[str, str]]:
+    quick_project(project)
+    return ["--target", "rpi4-relaxed"], 2, ("EDGEBUILD_THREADS", "'0'"), {"EDGEBUILD_THREADS": "0"}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name: str, project: Path, models: Path) -> None:
-    args, code, needles = CASES[name](project, models)
+    args, code, needles, *rest = CASES[name](project, models)
+    env = rest[0] if rest else None
     try:
-        result = run_cli(*args, "--quiet", cwd=project) if args[0] not in ("inspect",) else run_cli(*args, cwd=project)
+        quiet = [] if args[0] == "inspect" else ["--quiet"]
+        result = run_cli(*args, *quiet, cwd=project, env=env, timeout=180)  # a hang is a failure, not a wait
         assert_one_line_error(result, code, *needles)
         out = project / "build"
         leftovers = [p for p in out.rglob("*") if p.is_file() and p.name != "data.npz"] if out.exists() else []
@@ -409,3 +628,21 @@ def test_bad_input(name: str, project: Path, models: Path) -> None:
 
 def test_there_are_at_least_30_cases() -> None:
     assert len(CASES) >= 30
+
+
+def test_diverging_training_fails_the_build_after_a_warning_on_the_input_range(project: Path) -> None:
+    rng = np.random.default_rng(4)
+    npz_recipe(project, x_train=(rng.random((60, 6, 6)) * 1e30).astype(np.float32))
+    result = run_cli("--target", "rpi4-relaxed", "--quiet", cwd=project, timeout=180)
+    assert result.code == 1, result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert "Traceback" not in result.err and len(lines) == 2, result.err
+    assert lines[0].startswith("warning: the training inputs range from") and "e+29;" in lines[0]
+    assert lines[1].startswith("edgebuild: error: baseline:") and "NaN or Inf" in lines[1]
+    assert "learning_rate" in lines[1] and not (project / "build").exists()
+
+
+def test_the_largest_documented_seed_is_one_tensorflow_and_numpy_take() -> None:
+    from edgebuild.tf import seed_everything
+
+    seed_everything((2**31 - 1) * 100 + 10)  # the pipeline's seed for the last stage of seed 2**31 - 1

@@ -86,7 +86,7 @@ def test_random_kills_never_leave_a_half_written_output(project: Path, tmp_path:
 
 
 def test_work_folders_of_running_builds_are_kept_and_of_dead_ones_cleared(tmp_path: Path) -> None:
-    from edgebuild.pipeline import _make_work_folder
+    from edgebuild.publish import WORK_MARKER, make_work_folder
 
     out = tmp_path / "build" / "cortex-m4"  # a dash in the name, as most targets have
     out.parent.mkdir(parents=True)
@@ -94,8 +94,14 @@ def test_work_folders_of_running_builds_are_kept_and_of_dead_ones_cleared(tmp_pa
     dead.wait()
     live = out.parent / f".cortex-m4.tmp-{os.getpid()}-abc"
     gone = out.parent / f".cortex-m4.tmp-{dead.pid}-def"
-    for folder in (live, gone):
+    users = out.parent / f".cortex-m4.tmp-{dead.pid}-mine"  # the user's own folder of that name: no marker
+    for folder in (live, gone, users):
         folder.mkdir()
-    work = _make_work_folder(out)
+        (folder / "file").write_text("x")
+    for folder in (live, gone):
+        (folder / WORK_MARKER).write_text("")
+    work = make_work_folder(out)
     assert work.name.startswith(f".cortex-m4.tmp-{os.getpid()}-")
+    assert (work / WORK_MARKER).is_file()
     assert live.exists() and not gone.exists()
+    assert (users / "file").read_text() == "x"

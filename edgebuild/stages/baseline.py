@@ -36,7 +36,7 @@ def run(ctx: BuildContext) -> str:
         what="train float model",
     )
     ctx.teacher = teacher
-    ctx.teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test)
+    ctx.teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test, "the float model")
     teacher_tflite = convert_keras(teacher, "float32", "float32", None)
     ctx.teacher_tflite_bytes = len(teacher_tflite)
     ctx.profiles["baseline"] = profile_tflite(teacher_tflite, ctx.x_fit[0])

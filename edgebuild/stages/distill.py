@@ -40,7 +40,7 @@ def run(ctx: BuildContext) -> str:
         teacher=ctx.soft_targets,
     )
     ctx.model = student
-    ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test)
+    ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test, "the distilled student")
     ctx.profiles["distill"] = profile_keras(student, ctx.x_fit[0])
     return (
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "

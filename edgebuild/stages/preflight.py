@@ -40,6 +40,12 @@ def check_model_fits_data(model: Any, input_shape: tuple[int, ...], num_classes:
             hint="edgebuild builds single-input, single-output classifiers",
         )
     model_in = _shape(model.inputs[0].shape)[1:]
+    if None in model_in:
+        raise ConfigError(
+            f"{where}: the model takes inputs of shape {model_in}, with a dimension left open; edgebuild "
+            "converts models with fixed shapes (TFLM plans its memory ahead)",
+            hint=f"save the model with a fixed input shape, e.g. Input(shape={input_shape})",
+        )
     mismatch = len(model_in) != len(input_shape) or any(
         m is not None and m != d for m, d in zip(model_in, input_shape, strict=True)
     )
@@ -54,6 +60,24 @@ def check_model_fits_data(model: Any, input_shape: tuple[int, ...], num_classes:
             f"{where}: the model outputs shape {model_out} but the dataset has {num_classes} classes",
             hint=f"the model's last layer needs {num_classes} units",
         )
+
+
+# Inputs larger than this in magnitude train badly without a normalizing first layer.
+INPUT_SCALE_WARNING = 100.0
+NORMALIZING_LAYERS = ("Rescaling", "Normalization", "BatchNormalization", "LayerNormalization")
+
+
+def warn_input_scale(ctx: BuildContext, model: Any) -> None:
+    """Warn when the training inputs lie far outside about [-1, 1] and the model does not rescale them."""
+    low, high = float(ctx.data.x_train.min()), float(ctx.data.x_train.max())
+    if max(abs(low), abs(high)) <= INPUT_SCALE_WARNING:
+        return
+    if any(type(layer).__name__ in NORMALIZING_LAYERS for layer in model.layers[:3]):
+        return
+    ctx.warn(
+        f"the training inputs range from {low:g} to {high:g}; models train best on inputs scaled to about "
+        "[-1, 1] or [0, 1]: scale the data (e.g. divide images by 255) or start the model with a Rescaling layer"
+    )
 
 
 def _largest_activation_pair(model: Any) -> int:
@@ -110,7 +134,7 @@ def run(ctx: BuildContext) -> str:
             hint="lower train.batch_size or use more data",
         )
 
-    where = f"{recipe.source}: key 'model'"
+    where = f"{recipe.source}: key 'model'" + (f" ({recipe.model.path})" if recipe.model.path else "")
     if recipe.model.path is not None:
         model_path = recipe.resolve_path(recipe.model.path, "model.path")
     seed_everything(recipe.seed * 100)
@@ -120,6 +144,7 @@ def run(ctx: BuildContext) -> str:
         assert recipe.model.architecture is not None
         ctx.float_model = build_model(recipe.model.architecture, data.input_shape, data.num_classes, recipe.model.width)
     check_model_fits_data(ctx.float_model, data.input_shape, data.num_classes, where)
+    warn_input_scale(ctx, ctx.float_model)
 
     deployed = ctx.float_model
     if recipe.distill is not None:

@@ -42,7 +42,7 @@ def run(ctx: BuildContext) -> str:
     if sparsity.target == 0:
         return "skipped: the target asks for no sparsity"
     summary = _prune_channels(ctx) if sparsity.structure == "channel" else _prune_magnitude(ctx)
-    ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test)
+    ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test, "the pruned model")
     ctx.profiles["prune"] = profile_keras(ctx.model, ctx.x_fit[0])
     return f"{summary}, test accuracy {ctx.stage_accuracy['prune']:.2%}"
 

@@ -38,7 +38,7 @@ def run(ctx: BuildContext) -> str:
         teacher=ctx.soft_targets,
     )
     ctx.qat_model = qat_model
-    ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test)
+    ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test, "the quantization-aware model")
     kind = "prune-preserving " if _has_zeros(ctx) else ""
     return f"{kind}QAT {plan.epochs} epochs: fake-quantized test accuracy {ctx.stage_accuracy['qat']:.2%}"
 

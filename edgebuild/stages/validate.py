@@ -25,6 +25,7 @@ from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
 from edgebuild.runners.tflm_host import TflmHost, find_min_arena
 from edgebuild.tflite import io_details, make_interpreter, op_names, weight_sparsity
+from edgebuild.training import check_outputs
 
 MAX_LSB_DIFF = 1
 FLOAT_TOLERANCE = 1e-4
@@ -69,6 +70,7 @@ def run(ctx: BuildContext) -> str:
     else:
         result = LiteRTHost(threads=target.validate.threads).run(ctx.tflite, x)
 
+    check_outputs(result.outputs, f"the converted model on {target.validate.runner}")
     accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == data.y_test))
     differences = compare_outputs(result.outputs, reference.outputs)
     ops = op_names(interpreter)
