@@ -100,9 +100,9 @@ def _memory_limit(flag: int | None) -> int | None:
 def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags: dict[str, Any]) -> None:
     from edgebuild.budgets import budget_table
     from edgebuild.cache import StageCache, check_cache_root, default_max_bytes, default_root
+    from edgebuild.devices import parse_device
     from edgebuild.pipeline import BuildOptions, current_report, default_out, resolve, run_build
     from edgebuild.progress import Reporter
-    from edgebuild.runners import parse_device
 
     project = Path.cwd()
     if recipe is None:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from edgebuild.datasets import Dataset
+from edgebuild.devices import DeviceSpec
 from edgebuild.firmware import FirmwareModel
 from edgebuild.progress import Reporter
-from edgebuild.runners import DeviceSpec
 from edgebuild.schema import Recipe, Target
 from edgebuild.training import Teacher
 
@@ -54,7 +54,7 @@ class BuildContext:
     pruning: dict[str, Any] = field(default_factory=dict)  # structure, measured sparsity, channels
     qat_model: Any = None
     stage_accuracy: dict[str, float] = field(default_factory=dict)
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's model: size, MACs, latency
+    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's model: size, MACs, latency
 
     # convert
     tflite: bytes = b""

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgebuild import __version__
 from edgebuild.errors import BuildError
+from edgebuild.support import NPU_OP
 
 C_KEYWORDS = frozenset(
     """auto break case char const continue default do double else enum extern float for goto if inline int
@@ -33,7 +34,7 @@ C_KEYWORDS = frozenset(
 _RESOLVER_EXCEPTIONS = {
     "BATCH_MATMUL": "AddBatchMatMul",
     "CUMSUM": "AddCumSum",
-    "ethos-u": "AddEthosU",  # Vela's custom op
+    NPU_OP: "AddEthosU",  # Vela's custom op
     "PADV2": "AddPadV2",
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
     "TFLite_Detection_PostProcess": "AddDetectionPostprocess",

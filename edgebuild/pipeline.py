@@ -23,12 +23,12 @@ from edgebuild import __version__
 from edgebuild.budgets import budget_table, missed_summary
 from edgebuild.cache import Entry, StageCache, cache_key, check_cache_root, default_max_bytes, default_root
 from edgebuild.context import BuildContext
+from edgebuild.devices import DeviceSpec, parse_device
 from edgebuild.errors import BudgetError, BuildError, EdgebuildError
 from edgebuild.manifest import input_files, up_to_date, write_manifest
 from edgebuild.memory import MemoryWatch
 from edgebuild.progress import Reporter
 from edgebuild.publish import check_out_folder, make_work_folder, protected_folders, publish
-from edgebuild.runners import DeviceSpec, parse_device
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
 from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, seed_everything, versions
@@ -111,7 +111,7 @@ def _run_stage(
         if entry.meta.get("stage_accuracy") is not None:
             ctx.stage_accuracy[name] = entry.meta["stage_accuracy"]
         if entry.meta.get("profile") is not None:
-            ctx.profiles["artifact" if name == "validate" else name] = entry.meta["profile"]
+            ctx.costs["artifact" if name == "validate" else name] = entry.meta["profile"]
         return f"{entry.meta['summary']} (cached)"
     summary = stage(ctx)
     arrays: dict[str, Any]
@@ -123,7 +123,7 @@ def _run_stage(
     meta.update(
         summary=summary,
         stage_accuracy=ctx.stage_accuracy.get(name),
-        profile=ctx.profiles.get("artifact" if name == "validate" else name),
+        profile=ctx.costs.get("artifact" if name == "validate" else name),
     )
     cache.store(key, arrays, meta)
     return summary

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from edgebuild.errors import ConfigError
 from edgebuild.files import check_path_text, read_limited
+from edgebuild.support import PRECISION_FOR_RUNTIME, RUNNER_FOR_RUNTIME, SPARSITY_WHY_NOT
 
 BUILTIN_ARCHITECTURES = ("small_cnn", "ds_cnn", "mlp")
 BUILTIN_DATASETS = ("mnist", "digits")
@@ -72,13 +73,6 @@ class Precision:
         if self.activations == "float32":
             return {"int8": "dynamic", "float16": "float16", "float32": "float32"}[self.weights]
         return "invalid"
-
-
-SPARSITY_WHY_NOT = {
-    "unstructured": "zeros scattered through the weights are stored and computed like any other weight",
-    "2:4": "its kernels have no 2:4 sparse path, so the zeros are stored and computed",
-    "channel": "nothing: removing channels makes every tensor smaller",
-}
 
 
 @dataclass(frozen=True)
@@ -182,21 +176,13 @@ class Validate:
     device: str = "host"  # also run on: host | qemu | ssh://user@host[:port] | adb[:SERIAL]
 
     def _check(self) -> None:
+        from edgebuild.devices import parse_device
         from edgebuild.errors import ConfigError
-        from edgebuild.runners import parse_device
 
         try:
             parse_device(self.device)
         except ConfigError as e:
             raise _Invalid("validate.device", e.message, e.hint) from None
-
-
-RUNNER_FOR_RUNTIME = {"litert": ("litert-host",), "tflm": ("tflm-host",)}
-PRECISION_FOR_RUNTIME = {
-    "litert": ("int8", "dynamic", "float16", "float32"),
-    # TFLM has no float16 or hybrid (dynamic-range) kernels.
-    "tflm": ("int8", "float32"),
-}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def tf() -> Any:
     # read them once, when they load or first run, so they are set before the import.
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     os.environ["ONEDNN_MAX_CPU_ISA"] = ONEDNN_MAX_CPU_ISA
-    from edgebuild.tflite import captured_stderr
+    from edgebuild.capture import captured_stderr
 
     # The libraries' own deprecation and converter warnings are not the user's to act on.
     warnings.filterwarnings("ignore", module=r"(tensorflow|tf_keras|tensorflow_model_optimization)(\.|$)")

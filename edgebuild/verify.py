@@ -7,11 +7,11 @@ import tempfile
 from pathlib import Path
 
 from edgebuild.cache import StageCache
+from edgebuild.devices import parse_device
 from edgebuild.errors import ConfigError
 from edgebuild.manifest import NOT_REPRODUCIBLE, input_files, output_hashes, read_manifest, settings
 from edgebuild.pipeline import BuildOptions, run_build
 from edgebuild.progress import Reporter
-from edgebuild.runners import parse_device
 from edgebuild.schema import load_recipe, load_target
 
 

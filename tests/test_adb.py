@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from edgebuild.errors import BuildError, ConfigError, EdgebuildError
-from edgebuild.runners import DeviceSpec, parse_device
+from edgebuild.devices import DeviceSpec, parse_device
 from edgebuild.runners.adb import AdbDevice, parse_benchmark_output
 from tests.conftest import Result, assert_one_line_error, quick_project, run_cli
 

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from edgebuild.errors import ConfigError, EdgebuildError
-from edgebuild.runners import DeviceSpec
+from edgebuild.devices import DeviceSpec
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.ssh import CONFIG_ENV, PYTHON_ENV, SshDevice
 from edgebuild.stages.validate import compare_outputs

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgebuild.devices import DeviceSpec
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -38,53 +40,6 @@ class RunResult:
             "p50_ms": round(float(np.percentile(ms, 50)), 4),
             "p90_ms": round(float(np.percentile(ms, 90)), 4),
         }
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """Where validation also runs the artifact: the host only, emulated arm64 Linux, an SSH board, or adb."""
-
-    kind: str  # host | qemu | ssh | adb
-    user: str | None = None
-    host: str | None = None
-    port: int | None = None
-    serial: str | None = None
-
-    @property
-    def label(self) -> str:
-        """The device as the user wrote it."""
-        if self.kind == "ssh":
-            user = f"{self.user}@" if self.user else ""
-            port = f":{self.port}" if self.port else ""
-            return f"ssh://{user}{self.host}{port}"
-        if self.kind == "adb":
-            return f"adb:{self.serial}" if self.serial else "adb"
-        return self.kind
-
-
-def parse_device(spec: str) -> DeviceSpec:
-    """``host``, ``qemu``, ``ssh://[user@]host[:port]`` or ``adb[:SERIAL]``; ConfigError otherwise."""
-    import re
-
-    from edgebuild.errors import ConfigError
-
-    if spec in ("host", "qemu"):
-        return DeviceSpec(spec)
-    if spec == "adb" or spec.startswith("adb:"):
-        serial = spec[4:] or None
-        if serial is not None and not re.fullmatch(r"[A-Za-z0-9._:-]+", serial):
-            raise ConfigError(f"device {spec!r}: {serial!r} is not an adb serial")
-        return DeviceSpec("adb", serial=serial)
-    match = re.fullmatch(r"ssh://(?:([A-Za-z0-9._-]+)@)?([A-Za-z0-9._-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?/?", spec)
-    if match:
-        port = int(match.group(3)) if match.group(3) else None
-        if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"device {spec!r}: port {port} is out of range")
-        return DeviceSpec("ssh", user=match.group(1), host=match.group(2), port=port)
-    raise ConfigError(
-        f"unknown device {spec!r}",
-        hint="use host, qemu, ssh://user@host[:port] or adb[:SERIAL]",
-    )
 
 
 def read_device_result(folder: Path, device: str, emulated: bool) -> RunResult:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebuild.devices import DeviceSpec
 from edgebuild.errors import BuildError, ConfigError, EdgebuildError
-from edgebuild.runners import DeviceSpec, RunResult
+from edgebuild.runners import RunResult
 
 REMOTE_ROOT = "/data/local/tmp"
 DEFAULT_RUNS = 50

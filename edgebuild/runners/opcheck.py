@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edgebuild.capture import captured_stderr
 from edgebuild.runners.tflm_host import intermediate_tensors
-from edgebuild.tflite import captured_stderr
 
 
 def _litert_tensors(

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebuild.devices import DeviceSpec
 from edgebuild.errors import BuildError, ConfigError, EdgebuildError
-from edgebuild.runners import DEVICE_SCRIPT, DeviceSpec, RunResult, read_device_result
+from edgebuild.runners import DEVICE_SCRIPT, RunResult, read_device_result
 
 CONFIG_ENV = "EDGEBUILD_SSH_CONFIG"
 PYTHON_ENV = "EDGEBUILD_SSH_PYTHON"

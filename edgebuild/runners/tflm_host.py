@@ -59,7 +59,7 @@ def try_arena(model: bytes, arena_bytes: int, sample: np.ndarray) -> bool:
 
 def _recorded_total(interpreter: Any) -> int | None:
     """The arena TFLM's recording allocator says it used (printed to fd 2)."""
-    from edgebuild.tflite import captured_stderr
+    from edgebuild.capture import captured_stderr
 
     with captured_stderr() as log:
         interpreter.print_allocations()

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
-from edgebuild.profile import profile_tflite
+from edgebuild.costs import tflite_costs
 from edgebuild.tf import keras
 from edgebuild.tflite import convert_keras
 from edgebuild.training import accuracy, fit_model, weights_from, weights_of
@@ -39,7 +39,7 @@ def run(ctx: BuildContext) -> str:
     ctx.teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test, "the float model")
     teacher_tflite = convert_keras(teacher, "float32", "float32", None)
     ctx.teacher_tflite_bytes = len(teacher_tflite)
-    ctx.profiles["baseline"] = profile_tflite(teacher_tflite, ctx.x_fit[0])
+    ctx.costs["baseline"] = tflite_costs(teacher_tflite, ctx.x_fit[0])
     ctx.teacher_parameters = int(teacher.count_params())
     ctx.stage_accuracy["baseline"] = ctx.teacher_accuracy
     _copy_for_compression(ctx)

@@ -13,8 +13,8 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
+from edgebuild.costs import keras_costs
 from edgebuild.models import build_model
-from edgebuild.profile import profile_keras
 from edgebuild.training import Teacher, accuracy, fit_model, teacher_logits, weights_from, weights_of
 
 
@@ -41,7 +41,7 @@ def run(ctx: BuildContext) -> str:
     )
     ctx.model = student
     ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test, "the distilled student")
-    ctx.profiles["distill"] = profile_keras(student, ctx.x_fit[0])
+    ctx.costs["distill"] = keras_costs(student, ctx.x_fit[0])
     return (
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "
         f"test accuracy {ctx.stage_accuracy['distill']:.2%} (teacher {ctx.teacher_accuracy:.2%})"

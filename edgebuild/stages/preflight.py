@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from edgebuild.datasets import load_dataset, split_validation
 from edgebuild.errors import BudgetError, BuildError, ConfigError
 from edgebuild.models import build_model, load_model
 from edgebuild.runners.tflm_host import check_loads
-from edgebuild.schema import SPARSITY_WHY_NOT
+from edgebuild.support import SPARSITY_WHY_NOT, missing_ops
 from edgebuild.tf import seed_everything
 from edgebuild.tflite import convert_keras, make_interpreter
 
@@ -105,10 +104,10 @@ def check_tflm_ops(model: Any, where: str) -> None:
     try:
         check_loads(tflite, sample)
     except BuildError as e:
-        missing = re.search(r"Didn't find op for builtin opcode '(\w+)'", e.message)
-        if missing is None:
+        missing = missing_ops(e.message)
+        if not missing:
             raise
-        op = missing.group(1)
+        op = missing[0]
         interpreter = make_interpreter(tflite, reference=True)
         names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
         layer = next(

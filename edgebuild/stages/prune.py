@@ -17,7 +17,7 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
-from edgebuild.profile import profile_keras
+from edgebuild.costs import keras_costs
 from edgebuild.surgery import LayerChannels, producer_channels, prune_channels
 from edgebuild.tf import keras, tfmot
 from edgebuild.training import accuracy, fit_model, weights_from, weights_of
@@ -43,7 +43,7 @@ def run(ctx: BuildContext) -> str:
         return "skipped: the target asks for no sparsity"
     summary = _prune_channels(ctx) if sparsity.structure == "channel" else _prune_magnitude(ctx)
     ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test, "the pruned model")
-    ctx.profiles["prune"] = profile_keras(ctx.model, ctx.x_fit[0])
+    ctx.costs["prune"] = keras_costs(ctx.model, ctx.x_fit[0])
     return f"{summary}, test accuracy {ctx.stage_accuracy['prune']:.2%}"
 
 

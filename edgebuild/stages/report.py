@@ -129,7 +129,7 @@ def run(ctx: BuildContext) -> str:
         "npu": ctx.npu or None,
         "firmware": ctx.firmware or None,
         "stage_accuracy": ctx.stage_accuracy,
-        "profiles": ctx.profiles,
+        "profiles": ctx.costs,
         "pruning": ctx.pruning or None,
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,

@@ -18,8 +18,8 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
+from edgebuild.costs import tflite_costs
 from edgebuild.errors import BuildError
-from edgebuild.profile import profile_tflite
 from edgebuild.runners import RunResult, device_runner
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
@@ -89,8 +89,8 @@ def run(ctx: BuildContext) -> str:
         "inputs": [t.as_dict() for t in inputs],
         "outputs": [t.as_dict() for t in outputs],
     }
-    ctx.profiles["artifact"] = {
-        **profile_tflite(ctx.tflite, data.x_test[0], arena=False),
+    ctx.costs["artifact"] = {
+        **tflite_costs(ctx.tflite, data.x_test[0], arena=False),
         "arena_bytes": arena,
         "accuracy": accuracy,
     }

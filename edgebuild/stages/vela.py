@@ -17,9 +17,8 @@ from pathlib import Path
 from edgebuild.context import BuildContext
 from edgebuild.errors import BuildError
 from edgebuild.schema import Npu
+from edgebuild.support import NPU_OP
 from edgebuild.tflite import flatbuffer_ops
-
-NPU_OP = "ethos-u"  # the custom op Vela puts the NPU command stream in
 
 
 def run_vela(model: bytes, npu: Npu, folder: Path) -> tuple[bytes, dict[str, str]]:

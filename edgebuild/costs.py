@@ -9,15 +9,13 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgebuild.errors import BuildError
-from edgebuild.inspect import parse_tflite
 from edgebuild.runners.tflm_host import find_min_arena
-from edgebuild.tflite import convert_keras, io_details, make_interpreter
+from edgebuild.tflite import convert_keras, io_details, make_interpreter, parse_tflite
 
 LATENCY_RUNS = 1000
 
@@ -36,12 +34,12 @@ def host_latency_ms(model: bytes, sample: np.ndarray, runs: int = LATENCY_RUNS) 
     return statistics.median(times) * 1000.0
 
 
-def profile_tflite(model: bytes, x_float: np.ndarray, *, arena: bool = True) -> dict[str, Any]:
+def tflite_costs(model: bytes, x_float: np.ndarray, *, arena: bool = True) -> dict[str, Any]:
     """Parameters, MACs, bytes, host latency and (when ``arena``) the TFLM arena of a ``.tflite``.
 
     ``x_float`` is one float input; it is quantized for integer models.
     """
-    parsed = parse_tflite(Path("model.tflite"), model)
+    parsed = parse_tflite(model)
     sample = io_details(make_interpreter(model))[0][0].quantize(x_float[None])[0]
     result: dict[str, Any] = {
         "parameters": parsed["parameters"],
@@ -56,6 +54,6 @@ def profile_tflite(model: bytes, x_float: np.ndarray, *, arena: bool = True) -> 
     return result
 
 
-def profile_keras(model: Any, x_float: np.ndarray) -> dict[str, Any]:
-    """``profile_tflite`` of the model converted to float32."""
-    return profile_tflite(convert_keras(model, "float32", "float32", None), x_float)
+def keras_costs(model: Any, x_float: np.ndarray) -> dict[str, Any]:
+    """``tflite_costs`` of the model converted to float32."""
+    return tflite_costs(convert_keras(model, "float32", "float32", None), x_float)
