@@ -2,9 +2,11 @@
 
 Every table is a frozen dataclass. ``_parse_table`` turns a TOML table into one,
 rejecting unknown keys (with the nearest valid key as a hint), wrong types and
-out-of-range values; every message names the file and the dotted key. Checks that
-span several fields live in the dataclass's ``_check`` method and raise
-``_Invalid`` with the key to blame, which the loader turns into a ``ConfigError``.
+out-of-range values; every message names the file and the dotted key. Ranges and
+checks that span several fields run in ``__post_init__`` (``_Checked``), so an object
+made any other way (``dataclasses.replace``, Python code) is checked too: they raise
+``_Invalid``, a ``ConfigError`` with the key to blame, which the loader prefixes with
+the file and the table.
 """
 
 from __future__ import annotations
@@ -28,25 +30,48 @@ BUILTIN_DATASETS = ("mnist", "digits")
 MAX_TOML_BYTES = 1_000_000
 
 
-class _Invalid(Exception):
-    """A cross-field check failed: ``key`` is the dotted key to blame."""
+class _Invalid(ConfigError):
+    """A value or a combination of values is not allowed: ``key`` is the dotted key to blame."""
 
     def __init__(self, key: str, message: str, hint: str | None = None):
-        super().__init__(message)
+        super().__init__(f"key '{key}': {message}", hint=hint)
         self.key = key
-        self.message = message
-        self.hint = hint
+        self.detail = message
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
     return {"lo": lo, "hi": hi, "lo_open": lo_open}
 
 
+def _check_range(key: str, value: Any, bounds: Any) -> None:
+    """_Invalid when a number lies outside the ``_range`` metadata of its field."""
+    if "lo" not in bounds or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    lo, hi = bounds["lo"], bounds["hi"]
+    too_low = lo is not None and (value <= lo if bounds["lo_open"] else value < lo)
+    if too_low or (hi is not None and value > hi) or value != value or value in (float("inf"), float("-inf")):
+        low = "" if lo is None else f"{'>' if bounds['lo_open'] else '>='} {lo}"
+        high = "" if hi is None else f"<= {hi}"
+        raise _Invalid(key, f"{value!r} is out of range; expected {' and '.join(filter(None, [low, high]))}")
+
+
+class _Checked:
+    """Every config table: its fields' ranges and its cross-field rules (``_check``) hold from construction on."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_range(f.name, getattr(self, f.name), f.metadata)
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field rules; raise _Invalid naming the key to blame."""
+
+
 # ---------------------------------------------------------------- target profiles
 
 
 @dataclass(frozen=True)
-class Precision:
+class Precision(_Checked):
     """Data types of the converted model: weights, activations, and the model's input/output."""
 
     weights: Literal["int8", "float16", "float32"] = "int8"
@@ -76,7 +101,7 @@ class Precision:
 
 
 @dataclass(frozen=True)
-class Sparsity:
+class Sparsity(_Checked):
     """How much pruning removes, in which pattern, and which patterns this runtime turns into savings.
 
     ``target`` is the fraction of weights zeroed (unstructured, 2:4) or of channels
@@ -101,7 +126,7 @@ class Sparsity:
 
 
 @dataclass(frozen=True)
-class Budgets:
+class Budgets(_Checked):
     """Limits the built artifact must meet; a miss fails the build with exit code 3."""
 
     max_accuracy_drop: float = field(metadata=_range(0.0, 1.0))
@@ -110,7 +135,7 @@ class Budgets:
 
 
 @dataclass(frozen=True)
-class Memory:
+class Memory(_Checked):
     """A microcontroller's memory map: the model and arena share it with the runtime and application.
 
     The ``reserved_*`` bytes stand for everything else in the firmware (TFLM's code,
@@ -133,7 +158,7 @@ class Memory:
 
 
 @dataclass(frozen=True)
-class Firmware:
+class Firmware(_Checked):
     """How the model lands in a microcontroller firmware."""
 
     section: str = ""  # linker section for the model array, e.g. ".rodata.model" ("" = the default)
@@ -150,7 +175,7 @@ class Firmware:
 
 
 @dataclass(frozen=True)
-class Npu:
+class Npu(_Checked):
     """An Arm Ethos-U NPU: the int8 model is compiled for it with Vela."""
 
     accelerator: Literal[
@@ -167,7 +192,7 @@ class Npu:
 
 
 @dataclass(frozen=True)
-class Validate:
+class Validate(_Checked):
     """How the artifact is validated: which runner, its threads, and the top-1 agreement with reference kernels."""
 
     runner: Literal["litert-host", "tflm-host"]
@@ -186,7 +211,7 @@ class Validate:
 
 
 @dataclass(frozen=True)
-class Target:
+class Target(_Checked):
     """A device profile: what runs the model there and what the model must fit in."""
 
     name: str
@@ -244,7 +269,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Checked):
     """The float model: a built-in architecture at a width, or a saved Keras model."""
 
     architecture: str | None = None
@@ -267,7 +292,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class Train:
+class Train(_Checked):
     """Float training of the model in [model] (the teacher, when the recipe distills)."""
 
     epochs: int = field(default=10, metadata=_range(0, 10_000))
@@ -277,7 +302,7 @@ class Train:
 
 
 @dataclass(frozen=True)
-class Distill:
+class Distill(_Checked):
     """Knowledge distillation: a narrower student learns from the float model's soft labels."""
 
     student_width: float = field(metadata=_range(0.05, 16.0))
@@ -298,7 +323,7 @@ class Distill:
 
 
 @dataclass(frozen=True)
-class Prune:
+class Prune(_Checked):
     """Pruning to the target's sparsity: channel removal in steps, or TF-MOT magnitude pruning."""
 
     schedule: Literal["polynomial", "constant"] = "polynomial"  # magnitude pruning's sparsity schedule
@@ -309,7 +334,7 @@ class Prune:
 
 
 @dataclass(frozen=True)
-class Qat:
+class Qat(_Checked):
     """TF-MOT quantization-aware training with the prune-preserving scheme."""
 
     epochs: int = field(default=3, metadata=_range(1, 10_000))
@@ -317,7 +342,7 @@ class Qat:
 
 
 @dataclass(frozen=True)
-class FirmwareNames:
+class FirmwareNames(_Checked):
     """Names in the generated C: the identifier prefix and the file base name."""
 
     prefix: str | None = None  # C identifier prefix; default: made from the recipe name
@@ -331,7 +356,7 @@ class FirmwareNames:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(_Checked):
     """What to build: a model, a dataset, and the compression plan."""
 
     name: str
@@ -465,24 +490,11 @@ def _parse_table(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
             if f.default is dataclasses.MISSING:
                 raise _Invalid(key, "missing required key", f"add {key} ({_type_name(hints[name])})")
             continue
-        value = _convert(table[name], hints[name], key)
-        bounds = f.metadata
-        if "lo" in bounds and isinstance(value, (int, float)):
-            lo, hi = bounds["lo"], bounds["hi"]
-            too_low = lo is not None and (value <= lo if bounds["lo_open"] else value < lo)
-            if too_low or (hi is not None and value > hi) or value in (float("inf"), float("-inf")):
-                low = "" if lo is None else f"{'>' if bounds['lo_open'] else '>='} {lo}"
-                high = "" if hi is None else f"<= {hi}"
-                raise _Invalid(key, f"{value!r} is out of range; expected {' and '.join(filter(None, [low, high]))}")
-        values[name] = value
-    obj = cls(**values)
-    check = getattr(obj, "_check", None)
-    if check is not None:
-        try:
-            check()
-        except _Invalid as e:
-            raise _Invalid(prefix + e.key if not e.key.startswith(prefix) else e.key, e.message, e.hint) from None
-    return obj
+        values[name] = _convert(table[name], hints[name], key)
+    try:
+        return cls(**values)
+    except _Invalid as e:
+        raise _Invalid(e.key if e.key.startswith(prefix) else prefix + e.key, e.detail, e.hint) from None
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -506,7 +518,7 @@ def _load(cls: type, path: Path) -> Any:
     try:
         obj = _parse_table(cls, table)
     except _Invalid as e:
-        raise ConfigError(f"{path}: key '{e.key}': {e.message}", hint=e.hint) from None
+        raise ConfigError(f"{path}: key '{e.key}': {e.detail}", hint=e.hint) from None
     return dataclasses.replace(obj, source=str(path))
 
 
