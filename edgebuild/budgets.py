@@ -2,58 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 from edgebuild.context import BuildContext
+from edgebuild.results import Budget
 
 SPARSITY_TOLERANCE = 0.02
 
 
-def _budget(name: str, limit: float, actual: float, kind: str, unit: str) -> dict[str, Any]:
+def _budget(name: str, limit: float, actual: float, kind: str, unit: str) -> Budget:
     ok = actual <= limit + 1e-12 if kind == "max" else actual >= limit - 1e-12
     margin = limit - actual if kind == "max" else actual - limit
-    return {"name": name, "kind": kind, "unit": unit, "limit": limit, "actual": actual, "margin": margin, "ok": ok}
+    return Budget(name=name, kind=kind, unit=unit, limit=limit, actual=actual, margin=margin, ok=ok)
 
 
-def check_budgets(ctx: BuildContext) -> list[dict[str, Any]]:
+def check_budgets(ctx: BuildContext) -> tuple[Budget, ...]:
     """Each budget of the target with its limit, the measured value, the margin and whether it is met."""
     budgets, artifact = ctx.target.budgets, ctx.artifact
     checked = []
     if budgets.model_bytes is not None:
         shipped = len(ctx.deploy_tflite or ctx.tflite)  # Vela's model on an NPU target
         checked.append(_budget("model_bytes", budgets.model_bytes, shipped, "max", "bytes"))
-    if budgets.arena_bytes is not None and artifact.get("arena_bytes") is not None:
-        checked.append(_budget("arena_bytes", budgets.arena_bytes, artifact["arena_bytes"], "max", "bytes"))
-    drop = ctx.teacher_accuracy - artifact["accuracy"]
+    if budgets.arena_bytes is not None and artifact.arena_bytes is not None:
+        checked.append(_budget("arena_bytes", budgets.arena_bytes, artifact.arena_bytes, "max", "bytes"))
+    drop = ctx.teacher.accuracy - artifact.accuracy
     checked.append(_budget("accuracy_drop", budgets.max_accuracy_drop, round(drop, 6), "max", "fraction"))
     target_sparsity = ctx.target.sparsity.target
     if target_sparsity > 0:
         floor = round(max(0.0, target_sparsity - SPARSITY_TOLERANCE), 6)
-        checked.append(_budget("sparsity", floor, round(artifact["sparsity"], 6), "min", "fraction"))
-    for region in ctx.firmware.get("regions", []):
-        checked.append(_budget(f"{region['name'].lower()}_region", region["total"], region["used"], "max", "bytes"))
-    return checked
+        checked.append(_budget("sparsity", floor, round(artifact.sparsity, 6), "min", "fraction"))
+    for region in ctx.firmware.regions if ctx.firmware is not None else ():
+        checked.append(_budget(f"{region.name.lower()}_region", region.total, region.used, "max", "bytes"))
+    return tuple(checked)
 
 
-def budget_table(budgets: list[dict[str, Any]]) -> str:
+def budget_table(budgets: Iterable[Budget]) -> str:
     """A plain-text table of budgets: name, limit, actual, margin, status."""
     rows = [("budget", "limit", "actual", "margin", "")]
     for b in budgets:
-        fmt = (lambda v: f"{v:,.0f}") if b["unit"] == "bytes" else (lambda v: f"{v * 100:.2f}%")
-        sign = "<=" if b["kind"] == "max" else ">="
-        rows.append(
-            (b["name"], f"{sign} {fmt(b['limit'])}", fmt(b["actual"]), fmt(b["margin"]), "ok" if b["ok"] else "MISSED")
-        )
+        fmt = (lambda v: f"{v:,.0f}") if b.unit == "bytes" else (lambda v: f"{v * 100:.2f}%")
+        sign = "<=" if b.kind == "max" else ">="
+        rows.append((b.name, f"{sign} {fmt(b.limit)}", fmt(b.actual), fmt(b.margin), "ok" if b.ok else "MISSED"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)
 
 
-def missed_summary(budgets: list[dict[str, Any]]) -> str:
+def missed_summary(budgets: Iterable[Budget]) -> str:
     """One line naming each missed budget and by how much."""
     parts = []
     for b in budgets:
-        if not b["ok"]:
-            over = -b["margin"]
-            amount = f"{over:,.0f} bytes" if b["unit"] == "bytes" else f"{over * 100:.2f} points"
-            parts.append(f"{b['name']} {'over' if b['kind'] == 'max' else 'under'} by {amount}")
+        if not b.ok:
+            over = -b.margin
+            amount = f"{over:,.0f} bytes" if b.unit == "bytes" else f"{over * 100:.2f} points"
+            parts.append(f"{b.name} {'over' if b.kind == 'max' else 'under'} by {amount}")
     return ", ".join(parts)

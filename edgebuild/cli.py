@@ -99,51 +99,41 @@ def _memory_limit(flag: int | None) -> int | None:
 
 def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags: dict[str, Any]) -> None:
     from edgebuild.budgets import budget_table
-    from edgebuild.cache import StageCache, check_cache_root, default_max_bytes, default_root
     from edgebuild.devices import parse_device
-    from edgebuild.pipeline import BuildOptions, current_report, default_out, resolve, run_build
+    from edgebuild.pipeline import BuildOptions, build_in
     from edgebuild.progress import Reporter
+    from edgebuild.results import Budget, from_json
 
     project = Path.cwd()
-    if recipe is None:
-        recipe = _project_recipe(project)
-    loaded_recipe, loaded_target = resolve(recipe, target, project)
-    out_path = out if out is not None else default_out(loaded_recipe, loaded_target, project)
-    spec = parse_device(flags["device"] or loaded_target.validate.device)
-    if spec.kind != "host" and loaded_target.runtime == "tflm":
-        raise ConfigError(
-            f"--device {spec.label} runs LiteRT on Linux; "
-            f"target {loaded_target.name} validates on the TFLM interpreter",
-            hint="use --device with the rpi4 or android targets",
-        )
-    if spec.kind == "adb" and flags["benchmark_binary"] is None:
-        raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
     options = BuildOptions(
-        device=spec,
+        device=parse_device(flags["device"]) if flags["device"] else None,
         benchmark_binary=flags["benchmark_binary"],
         convert_sparsity=flags["convert_sparsity"],
         allow_unsafe_model=flags["allow_unsafe_model"],
         max_memory_mb=_memory_limit(flags["max_memory_mb"]),
     )
-    use_cache = not flags["no_cache"]
-    cache_bytes = flags["cache_max_mb"] * 1024 * 1024 if flags["cache_max_mb"] else default_max_bytes()
-    cache_root = flags["cache_dir"] or default_root()
-    if use_cache:
-        check_cache_root(cache_root)
-    if use_cache and current_report(out_path, loaded_recipe, loaded_target, options) is not None:
-        click.echo(f"{loaded_recipe.name} for {loaded_target.name} is up to date in {out_path}")
-        return
     reporter = Reporter(quiet=quiet)
-    if not quiet:
-        reporter.note(f"building recipe {loaded_recipe.name} from {loaded_recipe.source} for {loaded_target.name}")
-    stage_cache = StageCache(cache_root, cache_bytes, enabled=use_cache)
-    report = run_build(loaded_recipe, loaded_target, out_path, reporter, stage_cache, options)
-    if not quiet:
-        reporter.table(budget_table(report["budgets"]))
+    built = build_in(
+        project,
+        recipe if recipe is not None else _project_recipe(project),
+        target,
+        out,
+        reporter=reporter,
+        options=options,
+        cache=not flags["no_cache"],
+        cache_dir=flags["cache_dir"],
+        cache_max_bytes=flags["cache_max_mb"] * 1024 * 1024 if flags["cache_max_mb"] else None,
+    )
+    names = f"{built.recipe.name} for {built.target.name}"
+    if built.up_to_date:
+        click.echo(f"{names} is up to date in {built.out}")
+        return
+    report = built.report
+    reporter.note_table(budget_table(from_json(Budget, b) for b in report["budgets"]))
     artifact = report["artifact"]
     arena = f", arena {artifact['arena_bytes']:,} B" if artifact.get("arena_bytes") else ""
     click.echo(
-        f"built {loaded_recipe.name} for {loaded_target.name} in {out_path}: model.tflite "
+        f"built {names} in {built.out}: model.tflite "
         f"{artifact['tflite_bytes']:,} B {artifact['precision']}{arena}, accuracy {artifact['accuracy']:.2%} "
         f"(float {report['teacher']['accuracy']:.2%}), sparsity {artifact['sparsity']:.1%}, all budgets met"
     )

@@ -1,4 +1,9 @@
-"""The build context: what every stage reads and writes, in one typed object."""
+"""The build context: what every stage reads and writes, in one typed object.
+
+Keras models and arrays pass between stages here; everything a stage measures is a
+frozen result (``edgebuild.results``), written once by the stage that measures it and
+read through the accessors below, which fail loudly when a stage runs out of order.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from edgebuild.datasets import Dataset
 from edgebuild.devices import DeviceSpec
 from edgebuild.firmware import FirmwareModel
 from edgebuild.progress import Reporter
-from edgebuild.schema import Recipe, Target
-from edgebuild.training import Teacher
+from edgebuild.results import Artifact, Budget, Conversion, Costs, Firmware, NpuEstimate, Pruning, Teacher, Validation
+from edgebuild.schema import Recipe, Sparsity, Target
+from edgebuild.training import SoftTargets
 
 
 @dataclass
@@ -36,42 +42,35 @@ class BuildContext:
 
     # preflight
     dataset: Dataset | None = None
+    sparsity: Sparsity = field(default_factory=Sparsity)  # what pruning aims for: the target's, or channels
     x_fit: np.ndarray = field(default_factory=lambda: np.empty(0))
     y_fit: np.ndarray = field(default_factory=lambda: np.empty(0))
     x_val: np.ndarray = field(default_factory=lambda: np.empty(0))
     y_val: np.ndarray = field(default_factory=lambda: np.empty(0))
     float_model: Any = None  # the model of [model], built or loaded, not yet trained
 
-    # baseline
-    teacher: Any = None
-    teacher_accuracy: float = float("nan")
-    teacher_tflite_bytes: int = 0
-    teacher_parameters: int = 0
-
-    # distill, prune, qat
-    soft_targets: Teacher | None = None
+    # baseline, distill, prune, qat: Keras models
+    teacher_model: Any = None
+    soft_targets: SoftTargets | None = None
     model: Any = None  # the model being compressed (the student when distilling)
-    pruning: dict[str, Any] = field(default_factory=dict)  # structure, measured sparsity, channels
     qat_model: Any = None
+    tflite: bytes = b""  # convert: the validated model
+    deploy_tflite: bytes = b""  # vela: what ships (the converted model, or Vela's for an NPU)
+    firmware_model: FirmwareModel | None = None  # emit
+
+    # what the stages measured
+    teacher_facts: Teacher | None = None
+    pruning: Pruning | None = None
+    conversion: Conversion | None = None
+    artifact_facts: Artifact | None = None
+    validation_facts: Validation | None = None
+    npu: NpuEstimate | None = None
+    firmware: Firmware | None = None
+    budgets: tuple[Budget, ...] = ()
     stage_accuracy: dict[str, float] = field(default_factory=dict)
-    costs: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's model: size, MACs, latency
+    costs: dict[str, Costs] = field(default_factory=dict)  # each stage's model, by stage ("artifact" for validate)
 
-    # convert
-    tflite: bytes = b""
-    conversion: dict[str, Any] = field(default_factory=dict)
-
-    # validate
-    validation: dict[str, Any] = field(default_factory=dict)
-    artifact: dict[str, Any] = field(default_factory=dict)
-
-    # vela, emit, link
-    deploy_tflite: bytes = b""  # what ships: the converted model, or Vela's for an NPU
-    npu: dict[str, Any] = field(default_factory=dict)
-    firmware_model: FirmwareModel | None = None
-    firmware: dict[str, Any] = field(default_factory=dict)
-
-    # report
-    budgets: list[dict[str, Any]] = field(default_factory=list)
+    # the driver and report
     report: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -80,6 +79,26 @@ class BuildContext:
     def data(self) -> Dataset:
         assert self.dataset is not None, "preflight loads the dataset"
         return self.dataset
+
+    @property
+    def teacher(self) -> Teacher:
+        assert self.teacher_facts is not None, "baseline measures the teacher"
+        return self.teacher_facts
+
+    @property
+    def artifact(self) -> Artifact:
+        assert self.artifact_facts is not None, "validate measures the artifact"
+        return self.artifact_facts
+
+    @property
+    def validation(self) -> Validation:
+        assert self.validation_facts is not None, "validate runs the artifact"
+        return self.validation_facts
+
+    @property
+    def pruned_structure(self) -> str:
+        """The sparsity structure pruning applied, or ``none``."""
+        return self.pruning.structure if self.pruning is not None else "none"
 
     def warn(self, message: str) -> None:
         """A warning shown now and kept in the report."""

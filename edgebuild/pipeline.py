@@ -17,35 +17,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from edgebuild import __version__
 from edgebuild.budgets import budget_table, missed_summary
-from edgebuild.cache import Entry, StageCache, cache_key, check_cache_root, default_max_bytes, default_root
+from edgebuild.cache import (
+    CACHE_FORMAT,
+    Entry,
+    StageCache,
+    cache_key,
+    check_cache_root,
+    default_max_bytes,
+    default_root,
+)
 from edgebuild.context import BuildContext
 from edgebuild.devices import DeviceSpec, parse_device
-from edgebuild.errors import BudgetError, BuildError, EdgebuildError
+from edgebuild.errors import BudgetError, BuildError, ConfigError, EdgebuildError
 from edgebuild.manifest import input_files, up_to_date, write_manifest
 from edgebuild.memory import MemoryWatch
 from edgebuild.progress import Reporter
 from edgebuild.publish import check_out_folder, make_work_folder, protected_folders, publish
+from edgebuild.results import Costs, StageResult, from_json, to_json
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
 from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, seed_everything, versions
-
-STAGES: list[tuple[str, Callable[[BuildContext], str]]] = [
-    ("preflight", preflight.run),
-    ("baseline", baseline.run),
-    ("distill", distill.run),
-    ("prune", prune.run),
-    ("qat", qat.run),
-    ("convert", convert.run),
-    ("validate", validate.run),
-    ("vela", vela.run),
-    ("emit", emit.run),
-    ("link", link.run),
-    ("report", report.run),
-]
 
 
 def folder_name(name: str) -> str:
@@ -59,18 +56,47 @@ def default_out(recipe: Recipe, target: Target, root: Path) -> Path:
     return root / "build" / folder_name(recipe.name) / folder_name(target.name)
 
 
-# Stages whose results the cache keeps, in pipeline order; each module has
-# cache_parts(ctx), save(ctx) and restore(ctx, entry, need_model).
-CACHED_STAGES: dict[str, Any] = {
-    "baseline": baseline,
-    "distill": distill,
-    "prune": prune,
-    "qat": qat,
-    "convert": convert,
-    "validate": validate,
-}
-# Stages that hand Keras models to the next one; validate needs only the .tflite.
-MODEL_STAGES = ("baseline", "distill", "prune", "qat", "convert")
+class CachedStage(Protocol):
+    """A stage whose result the stage cache keeps (a stage module with these three functions)."""
+
+    def cache_parts(self, ctx: BuildContext) -> list[Any]:
+        """What the stage's result depends on beyond the stages before it."""
+        ...
+
+    def save(self, ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The stage's result as arrays and JSON-able facts."""
+        ...
+
+    def restore(self, ctx: BuildContext, entry: Entry, need_model: bool) -> None:
+        """Put a cached result back; the Keras model too when ``need_model``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, declared once."""
+
+    name: str
+    run: Callable[[BuildContext], StageResult]
+    cache: CachedStage | None = None  # None: always runs (cheap, or writes files)
+    trains: bool = False  # trains or converts the Keras model: cached stages before it restore their models
+    seeded: bool = True  # seeded by the driver (preflight seeds itself once its checks pass)
+
+
+# The pipeline, in order.
+STAGES = (
+    Stage("preflight", preflight.run, seeded=False),
+    Stage("baseline", baseline.run, baseline, trains=True),
+    Stage("distill", distill.run, distill, trains=True),
+    Stage("prune", prune.run, prune, trains=True),
+    Stage("qat", qat.run, qat, trains=True),
+    Stage("convert", convert.run, convert, trains=True),
+    Stage("validate", validate.run, validate),
+    Stage("vela", vela.run),
+    Stage("emit", emit.run),
+    Stage("link", link.run),
+    Stage("report", report.run),
+)
 
 
 def _cache_plan(ctx: BuildContext, cache: StageCache) -> dict[str, tuple[str, Entry | None]]:
@@ -85,48 +111,46 @@ def _cache_plan(ctx: BuildContext, cache: StageCache) -> dict[str, tuple[str, En
         recipe.train.validation_fraction,
         versions(),
         __version__,
+        CACHE_FORMAT,
         build_threads(),
         ONEDNN_MAX_CPU_ISA,
     )
     plan: dict[str, tuple[str, Entry | None]] = {}
-    for name, module in CACHED_STAGES.items():
-        previous = cache_key(name, previous, module.cache_parts(ctx))
-        plan[name] = (previous, cache.load(previous))
+    for stage in STAGES:
+        if stage.cache is not None:
+            previous = cache_key(stage.name, previous, stage.cache.cache_parts(ctx))
+            plan[stage.name] = (previous, cache.load(previous))
     return plan
 
 
-def _run_stage(
-    ctx: BuildContext, name: str, stage: Callable[[BuildContext], str], plan: dict[str, Any], cache: StageCache
-) -> str:
-    """Run a stage, or restore its result from the cache; store what a cacheable stage computed."""
-    if name not in plan:
-        return stage(ctx)
-    key, entry = plan[name]
-    module = CACHED_STAGES[name]
+def _run_stage(ctx: BuildContext, stage: Stage, plan: dict[str, tuple[str, Entry | None]], cache: StageCache) -> str:
+    """Run a stage, or restore its result from the cache; store what a cached stage computed.
+
+    Besides the stage's own facts, an entry keeps what the stage added to
+    ``ctx.stage_accuracy`` and ``ctx.costs``.
+    """
+    if stage.cache is None:
+        return stage.run(ctx).summary
+    key, entry = plan[stage.name]
     if entry is not None:
-        if not entry.meta.get("skipped"):
-            later = MODEL_STAGES[MODEL_STAGES.index(name) + 1 :] if name in MODEL_STAGES else ()
-            need_model = any(plan[stage_name][1] is None for stage_name in later)
-            module.restore(ctx, entry, need_model)
-        if entry.meta.get("stage_accuracy") is not None:
-            ctx.stage_accuracy[name] = entry.meta["stage_accuracy"]
-        if entry.meta.get("profile") is not None:
-            ctx.costs["artifact" if name == "validate" else name] = entry.meta["profile"]
+        if not entry.meta["skipped"]:
+            later = STAGES[STAGES.index(stage) + 1 :]
+            need_model = any(s.trains and plan[s.name][1] is None for s in later)
+            stage.cache.restore(ctx, entry, need_model)
+        ctx.stage_accuracy.update(entry.meta["stage_accuracy"])
+        ctx.costs.update({name: from_json(Costs, costs) for name, costs in entry.meta["costs"].items()})
         return f"{entry.meta['summary']} (cached)"
-    summary = stage(ctx)
-    arrays: dict[str, Any]
-    meta: dict[str, Any]
-    if summary.startswith("skipped"):
-        arrays, meta = {}, {"skipped": True}
-    else:
-        arrays, meta = module.save(ctx)
+    accuracies, costs = set(ctx.stage_accuracy), set(ctx.costs)
+    result = stage.run(ctx)
+    arrays, meta = ({}, {}) if result.skipped else stage.cache.save(ctx)
     meta.update(
-        summary=summary,
-        stage_accuracy=ctx.stage_accuracy.get(name),
-        profile=ctx.costs.get("artifact" if name == "validate" else name),
+        summary=result.summary,
+        skipped=result.skipped,
+        stage_accuracy={k: v for k, v in ctx.stage_accuracy.items() if k not in accuracies},
+        costs={k: to_json(v) for k, v in ctx.costs.items() if k not in costs},
     )
     cache.store(key, arrays, meta)
-    return summary
+    return result.summary
 
 
 @dataclass(frozen=True)
@@ -189,13 +213,13 @@ def run_build(
             except KeyboardInterrupt:
                 if watch.exceeded_at is None:
                     raise
-                stage = STAGES[len(ctx.stages)][0]
+                stage = STAGES[len(ctx.stages)].name
                 raise BuildError(
                     f"{stage}: the build used {watch.exceeded_at / 2**20:,.0f} MB, more than the limit of "
                     f"{options.max_memory_mb:,} MB",
                     hint="raise --max-memory-mb, or lower train.batch_size",
                 ) from None
-        missed = [b for b in ctx.budgets if not b["ok"]]
+        missed = [b for b in ctx.budgets if not b.ok]
         if missed:
             reporter.table(budget_table(ctx.budgets))
             raise BudgetError(
@@ -219,20 +243,20 @@ def run_build(
 
 def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
     """Every stage in order, timed and reported; errors get the stage's name and what ran before."""
-    plan: dict[str, tuple[str, Entry | None]] = {}
-    for number, (name, stage) in enumerate(STAGES):
+    plan: dict[str, tuple[str, Entry | None]] | None = None
+    for number, stage in enumerate(STAGES):
+        name = stage.name
         ctx.reporter.stage_start(name)
         # Every stage starts from its own seed, so it gives the same bytes whatever ran before.
-        # (Preflight seeds itself once its checks pass: a bad input fails without TensorFlow.)
-        if name != "preflight":
+        if stage.seeded:
             seed_everything(ctx.recipe.seed * 100 + number)
         start = time.perf_counter()
         try:
-            summary = _run_stage(ctx, name, stage, plan, cache)
-            if name == "preflight":
+            if plan is None and stage.cache is not None:  # keys need the data and settings preflight checked
                 plan = _cache_plan(ctx, cache)
                 for key in cache.corrupt:
                     ctx.warn(f"cache entry {key[:12]} was corrupt (hash mismatch); it was removed and rebuilt")
+            summary = _run_stage(ctx, stage, plan or {}, cache)
         except EdgebuildError as e:
             if not e.message.startswith(f"{name}:"):
                 e.message = f"{name}: {e.message}"
@@ -274,6 +298,64 @@ def resolve(recipe: str | Path | Recipe, target: str | Path | Target, project: P
     return recipe, target
 
 
+@dataclass(frozen=True)
+class Built:
+    """What ``build_in`` did: the report, where, and whether the outputs were already current."""
+
+    report: dict[str, Any]
+    recipe: Recipe
+    target: Target
+    out: Path
+    up_to_date: bool
+
+
+def check_options(target: Target, options: BuildOptions) -> None:
+    """ConfigError for command-line choices that cannot work with this target."""
+    device = options.device or parse_device(target.validate.device)
+    if device.kind != "host" and target.runtime == "tflm":
+        raise ConfigError(
+            f"--device {device.label} runs LiteRT on Linux; target {target.name} validates on the TFLM interpreter",
+            hint="use --device with the rpi4 or android targets",
+        )
+    if device.kind == "adb" and options.benchmark_binary is None:
+        raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
+
+
+def build_in(
+    project: Path,
+    recipe: str | Path | Recipe,
+    target: str | Path | Target,
+    out: str | Path | None = None,
+    *,
+    reporter: Reporter | None = None,
+    options: BuildOptions | None = None,
+    cache: bool = True,
+    cache_dir: Path | None = None,
+    cache_max_bytes: int | None = None,
+) -> Built:
+    """The one build path of the command line and the Python API.
+
+    Resolves names against ``project``; ``out`` defaults to ``project/build/<recipe>/<target>``.
+    With ``cache``, current outputs are kept (no TensorFlow) and stage results come from the
+    stage cache in ``cache_dir`` (default ``$EDGEBUILD_CACHE_DIR`` or ``~/.cache/edgebuild``).
+    Raises EdgebuildError (with ``exit_code``) when the build fails or misses a budget.
+    """
+    options = options or BuildOptions()
+    reporter = reporter or Reporter(quiet=True)
+    loaded_recipe, loaded_target = resolve(recipe, target, project)
+    out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
+    check_options(loaded_target, options)
+    cache_root = cache_dir or default_root()
+    stage_cache = StageCache(cache_root, cache_max_bytes or default_max_bytes(), enabled=cache)
+    if cache:
+        check_cache_root(cache_root)
+        if (report := current_report(out_path, loaded_recipe, loaded_target, options)) is not None:
+            return Built(report, loaded_recipe, loaded_target, out_path, up_to_date=True)
+    reporter.note(f"building recipe {loaded_recipe.name} from {loaded_recipe.source} for {loaded_target.name}")
+    report = run_build(loaded_recipe, loaded_target, out_path, reporter, stage_cache, options)
+    return Built(report, loaded_recipe, loaded_target, out_path, up_to_date=False)
+
+
 def build(
     recipe: str | Path | Recipe,
     target: str | Path | Target,
@@ -289,12 +371,4 @@ def build(
     current outputs are kept and stage results are reused from the stage cache.
     Raises EdgebuildError (with ``exit_code``) when the build fails or misses a budget.
     """
-    project = Path.cwd()
-    loaded_recipe, loaded_target = resolve(recipe, target, project)
-    out_path = Path(out) if out is not None else default_out(loaded_recipe, loaded_target, project)
-    if cache:
-        check_cache_root(default_root())
-    if cache and (report := current_report(out_path, loaded_recipe, loaded_target, BuildOptions())) is not None:
-        return report
-    stage_cache = StageCache(default_root(), default_max_bytes(), enabled=cache)
-    return run_build(loaded_recipe, loaded_target, out_path, Reporter(quiet=quiet), stage_cache)
+    return build_in(Path.cwd(), recipe, target, out, reporter=Reporter(quiet=quiet), cache=cache).report

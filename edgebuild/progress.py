@@ -40,6 +40,11 @@ class Reporter:
             self.console.print(f"[green]✓ {name}[/green] [dim]{seconds:.1f} s[/dim]  ", end="")
             self.console.print(summary, markup=False, highlight=False, soft_wrap=True)
 
+    def note_table(self, text: str) -> None:
+        """A preformatted table for information (dropped when quiet)."""
+        if not self.quiet:
+            self.console.print(text, markup=False, highlight=False)
+
     def table(self, text: str) -> None:
         """A preformatted table (kept when quiet: it explains a failure)."""
         self.console.print(text, markup=False, highlight=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgebuild.errors import BuildError
@@ -30,13 +30,10 @@ class Region:
     name: str
     used: int
     total: int
+    margin: int = field(init=False)  # bytes free
 
-    @property
-    def margin(self) -> int:
-        return self.total - self.used
-
-    def as_dict(self) -> dict[str, int | str]:
-        return {"name": self.name, "used": self.used, "total": self.total, "margin": self.margin}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "margin", self.total - self.used)
 
 
 def arm_flags(target: Target) -> list[str]:

@@ -18,7 +18,7 @@ from edgebuild.tf import keras, tf
 
 
 @dataclass(frozen=True)
-class Teacher:
+class SoftTargets:
     """Soft targets for distillation: the teacher's logits on the training inputs."""
 
     logits: np.ndarray
@@ -155,7 +155,7 @@ def fit_model(
     seed: int,
     reporter: Reporter,
     what: str,
-    teacher: Teacher | None = None,
+    teacher: SoftTargets | None = None,
     callbacks: tuple[Any, ...] = (),
 ) -> None:
     """Train ``model`` in place for ``epochs`` (cross-entropy, or distillation from ``teacher``).

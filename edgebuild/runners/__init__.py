@@ -1,18 +1,23 @@
 """Runners execute a ``.tflite`` on something and report outputs and timings.
 
-A runner is the only device-specific code in edgebuild. Each has one method,
-``run(model, inputs) -> RunResult``: put the model on the device, run every input
-(already in the model's input dtype) one at a time, and bring back the outputs,
-per-inference latency, and peak memory where the device can report it. Device
-runners (qemu, ssh) also take ``reference=True`` to use LiteRT's reference kernels;
-they run ``device_script.py`` with the device's own Python.
+A runner is the only device-specific code in edgebuild, and every runner keeps one
+contract, ``Runner``: ``run(model, inputs, reference=False) -> RunResult`` puts the model
+on its device, runs every input (already in the model's input dtype) one at a time, and
+brings back the outputs, per-inference latency, and peak memory where the device can
+report it. What a runner can do beyond timing is in its ``capabilities``: ``outputs``
+(it brings back outputs, so accuracy and comparisons can be computed) and ``reference``
+(it can run LiteRT's reference kernels, which must match the host's bit for bit).
+Host runners are chosen by the profile's ``validate.runner``, device runners by
+``--device`` (``DEVICE_RUNNERS``); device runners (qemu, ssh) run ``device_script.py``
+with the device's own Python.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
@@ -58,20 +63,39 @@ def read_device_result(folder: Path, device: str, emulated: bool) -> RunResult:
 
 
 DEVICE_SCRIPT = Path(__file__).with_name("device_script.py")
+OUTPUTS = "outputs"  # brings back every output: accuracy and comparisons can be computed
+REFERENCE = "reference"  # runs LiteRT's reference kernels on request: bit-exact against the host
 
 
-def device_runner(spec: DeviceSpec, benchmark_binary: Path | None = None) -> Any:
-    """The runner for a device that is not the host (imported only when asked for)."""
-    if spec.kind == "qemu":
-        from edgebuild.runners.qemu_arm64 import QemuArm64
+class Runner(Protocol):
+    """What every runner offers: a label for messages, its capabilities, and ``run``."""
 
-        return QemuArm64()
-    if spec.kind == "ssh":
-        from edgebuild.runners.ssh import SshDevice
+    label: str
+    capabilities: frozenset[str]
 
-        return SshDevice(spec)
-    if spec.kind == "adb":
-        from edgebuild.runners.adb import AdbDevice
+    def run(self, model: bytes, inputs: np.ndarray, reference: bool = False) -> RunResult:
+        """Run every input through ``model``; ``reference`` asks for LiteRT's reference kernels
+        (only where ``REFERENCE`` is a capability). Raises EdgebuildError naming the device."""
+        ...
 
-        return AdbDevice(spec, benchmark_binary)
-    raise ValueError(f"no device runner for {spec.kind!r}")
+
+def _qemu(spec: DeviceSpec, benchmark_binary: Path | None) -> Runner:
+    from edgebuild.runners.qemu_arm64 import QemuArm64
+
+    return QemuArm64()
+
+
+def _ssh(spec: DeviceSpec, benchmark_binary: Path | None) -> Runner:
+    from edgebuild.runners.ssh import SshDevice
+
+    return SshDevice(spec)
+
+
+def _adb(spec: DeviceSpec, benchmark_binary: Path | None) -> Runner:
+    from edgebuild.runners.adb import AdbDevice
+
+    return AdbDevice(spec, benchmark_binary)
+
+
+# The runner for each kind of --device (imported only when asked for).
+DEVICE_RUNNERS: dict[str, Callable[[DeviceSpec, Path | None], Runner]] = {"qemu": _qemu, "ssh": _ssh, "adb": _adb}

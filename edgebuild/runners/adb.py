@@ -115,6 +115,7 @@ class AdbDevice:
             raise ValueError(f"AdbDevice needs an adb device, not {spec.label!r}")
         self.spec = spec
         self.label = spec.label
+        self.capabilities: frozenset[str] = frozenset()  # latency only: benchmark_model brings back no outputs
         self.benchmark_binary = benchmark_binary
         self.runs = runs
         self.timeout_s = timeout_s

@@ -51,7 +51,7 @@ import numpy as np
 
 from edgebuild import __version__, cache
 from edgebuild.errors import BuildError, ConfigError
-from edgebuild.runners import DEVICE_SCRIPT, RunResult, read_device_result
+from edgebuild.runners import DEVICE_SCRIPT, OUTPUTS, REFERENCE, RunResult, read_device_result
 
 ROOT_ENV = "EDGEBUILD_QEMU_ROOT"
 MIRROR_ENV = "EDGEBUILD_DEBIAN_MIRROR"
@@ -380,6 +380,7 @@ class QemuArm64:
         self.root = Path(root) if root is not None else default_root()
         self.timeout_s = timeout_s
         self.label = "qemu"
+        self.capabilities = frozenset({OUTPUTS, REFERENCE})
 
     def run(self, model: bytes, inputs: np.ndarray, reference: bool = False) -> RunResult:
         """Run every input through ``model`` on emulated arm64 Linux, one at a time.

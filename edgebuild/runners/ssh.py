@@ -33,7 +33,7 @@ import numpy as np
 
 from edgebuild.devices import DeviceSpec
 from edgebuild.errors import BuildError, ConfigError, EdgebuildError
-from edgebuild.runners import DEVICE_SCRIPT, RunResult, read_device_result
+from edgebuild.runners import DEVICE_SCRIPT, OUTPUTS, REFERENCE, RunResult, read_device_result
 
 CONFIG_ENV = "EDGEBUILD_SSH_CONFIG"
 PYTHON_ENV = "EDGEBUILD_SSH_PYTHON"
@@ -75,6 +75,7 @@ class SshDevice:
             raise ValueError(f"SshDevice needs an ssh:// device, not {spec.label!r}")
         self.spec = spec
         self.label = spec.label
+        self.capabilities = frozenset({OUTPUTS, REFERENCE})
         self.host = spec.host.strip("[]")  # ssh wants an IPv6 address without brackets
         self.timeout_s = timeout_s
         if spec.host.startswith("-") or (spec.user or "").startswith("-"):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgebuild.errors import BuildError
-from edgebuild.runners import RunResult
+from edgebuild.runners import OUTPUTS, RunResult
 
 ARENA_ALIGN = 16
 MAX_ARENA_BYTES = 256 * 1024 * 1024
@@ -183,13 +183,16 @@ def intermediate_tensors(
 class TflmHost:
     """Runs a model in TFLM with a given tensor arena, one input at a time."""
 
-    name = "tflm-host"
+    label = "tflm-host"
+    capabilities = frozenset({OUTPUTS})
 
     def __init__(self, *, arena_bytes: int):
         self.arena_bytes = arena_bytes
 
-    def run(self, model: bytes, inputs: np.ndarray) -> RunResult:
+    def run(self, model: bytes, inputs: np.ndarray, reference: bool = False) -> RunResult:
         """Run every input; returns the first output per input. Raises BuildError if TFLM fails."""
+        if reference:
+            raise ValueError("TFLM has no LiteRT reference kernels")
         result = in_child("run", model, inputs, arena_bytes=self.arena_bytes)
         return RunResult(
             outputs=result["outputs"],

@@ -1,9 +1,8 @@
 """Baseline: train (or load) the float model, the reference every budget is measured against.
 
-Reads ``ctx.float_model`` and the fit split. Writes ``ctx.teacher`` (trained),
-``ctx.teacher_accuracy`` on the held-out test split, ``ctx.teacher_tflite_bytes`` (its
-float32 .tflite), and ``ctx.model``, a copy the later stages compress when there is
-no distillation.
+Reads ``ctx.float_model`` and the fit split. Writes ``ctx.teacher_model`` (trained),
+``ctx.teacher_facts`` (test accuracy, float32 .tflite bytes, parameters), its costs, and
+``ctx.model``, a copy the later stages compress when there is no distillation.
 """
 
 from __future__ import annotations
@@ -16,12 +15,13 @@ import numpy as np
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import tflite_costs
+from edgebuild.results import StageResult, Teacher, from_json, to_json
 from edgebuild.tf import keras
 from edgebuild.tflite import convert_keras
 from edgebuild.training import accuracy, fit_model, weights_from, weights_of
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     recipe = ctx.recipe
     teacher = ctx.float_model
     fit_model(
@@ -35,25 +35,24 @@ def run(ctx: BuildContext) -> str:
         reporter=ctx.reporter,
         what="train float model",
     )
-    ctx.teacher = teacher
-    ctx.teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test, "the float model")
+    ctx.teacher_model = teacher
+    teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test, "the float model")
     teacher_tflite = convert_keras(teacher, "float32", "float32", None)
-    ctx.teacher_tflite_bytes = len(teacher_tflite)
     ctx.costs["baseline"] = tflite_costs(teacher_tflite, ctx.x_fit[0])
-    ctx.teacher_parameters = int(teacher.count_params())
-    ctx.stage_accuracy["baseline"] = ctx.teacher_accuracy
+    ctx.teacher_facts = Teacher(teacher_accuracy, len(teacher_tflite), int(teacher.count_params()))
+    ctx.stage_accuracy["baseline"] = teacher_accuracy
     _copy_for_compression(ctx)
     trained = f"trained {recipe.train.epochs} epochs" if recipe.train.epochs else "loaded, not retrained"
-    return (
-        f"float model {ctx.teacher_parameters} parameters, {trained}: test accuracy "
-        f"{ctx.teacher_accuracy:.2%}, float32 .tflite {ctx.teacher_tflite_bytes} bytes"
+    return StageResult(
+        f"float model {ctx.teacher.parameters} parameters, {trained}: test accuracy "
+        f"{teacher_accuracy:.2%}, float32 .tflite {ctx.teacher.tflite_bytes} bytes"
     )
 
 
 def _copy_for_compression(ctx: BuildContext) -> None:
     if ctx.recipe.distill is None:
-        ctx.model = keras().models.clone_model(ctx.teacher)
-        ctx.model.set_weights(ctx.teacher.get_weights())
+        ctx.model = keras().models.clone_model(ctx.teacher_model)
+        ctx.model.set_weights(ctx.teacher_model.get_weights())
 
 
 def cache_parts(ctx: BuildContext) -> list[Any]:
@@ -63,21 +62,13 @@ def cache_parts(ctx: BuildContext) -> list[Any]:
 
 def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The teacher's weights and measurements."""
-    meta = {
-        "teacher_accuracy": ctx.teacher_accuracy,
-        "teacher_tflite_bytes": ctx.teacher_tflite_bytes,
-        "teacher_parameters": ctx.teacher_parameters,
-    }
-    return weights_of(ctx.teacher), meta
+    return weights_of(ctx.teacher_model), {"teacher": to_json(ctx.teacher)}
 
 
 def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
     """Put a cached teacher back: its measurements, and its weights when a later stage trains."""
-    ctx.teacher_accuracy = entry.meta["teacher_accuracy"]
-    ctx.teacher_tflite_bytes = entry.meta["teacher_tflite_bytes"]
-    ctx.teacher_parameters = entry.meta["teacher_parameters"]
-    ctx.stage_accuracy["baseline"] = ctx.teacher_accuracy
+    ctx.teacher_facts = from_json(Teacher, entry.meta["teacher"])
     if need_model:
         ctx.float_model.set_weights(weights_from(entry.arrays))
-        ctx.teacher = ctx.float_model
+        ctx.teacher_model = ctx.float_model
         _copy_for_compression(ctx)

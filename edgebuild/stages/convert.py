@@ -16,6 +16,7 @@ import numpy as np
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.errors import BuildError
+from edgebuild.results import Candidate, Conversion, StageResult, from_json, to_json
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.tflite import convert_keras, io_details, make_interpreter
 
@@ -29,7 +30,7 @@ def _score(model: bytes, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(result.outputs, axis=-1) == y))
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     precision = ctx.target.precision
     mode = precision.mode
     representative = ctx.x_fit
@@ -42,7 +43,7 @@ def run(ctx: BuildContext) -> str:
     x_sel, y_sel = (ctx.x_val, ctx.y_val) if len(ctx.x_val) else (ctx.x_fit, ctx.y_fit)
     x_sel, y_sel = x_sel[:SELECTION_SAMPLES], y_sel[:SELECTION_SAMPLES]
     converted: list[tuple[str, bytes, float]] = []
-    sparse = ctx.pruning.get("structure") == "2:4"
+    sparse = ctx.pruned_structure == "2:4"
     refused = ""
     # Candidates are converted without a SignatureDef (seconds faster each); the chosen one
     # is converted again with it, unless it was the only one.
@@ -67,17 +68,12 @@ def run(ctx: BuildContext) -> str:
     if not only:
         model = dict(candidates)[chosen]
         ctx.tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=True)
-    ctx.conversion = {
-        "mode": mode,
-        "io": precision.io,
-        "chosen": chosen,
-        "candidates": [{"name": n, "bytes": len(t), "selection_accuracy": a} for n, t, a in converted],
-    }
+    candidates_scored = tuple(Candidate(n, len(t), a) for n, t, a in converted)
+    ctx.conversion = Conversion(mode, precision.io, chosen, candidates_scored, refused or None)
     if refused:
-        ctx.conversion["sparse_encoding_refused"] = refused
         _warn_dense(ctx)
     names = ", ".join(n for n, _, _ in converted)
-    return f"{mode} .tflite {len(ctx.tflite)} bytes ({chosen} chosen of {names})"
+    return StageResult(f"{mode} .tflite {len(ctx.tflite)} bytes ({chosen} chosen of {names})")
 
 
 def cache_parts(ctx: BuildContext) -> list[Any]:
@@ -87,19 +83,20 @@ def cache_parts(ctx: BuildContext) -> list[Any]:
 
 def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The .tflite bytes and how they were chosen."""
-    return {"tflite": np.frombuffer(ctx.tflite, dtype=np.uint8)}, {"conversion": ctx.conversion}
+    return {"tflite": np.frombuffer(ctx.tflite, dtype=np.uint8)}, {"conversion": to_json(ctx.conversion)}
 
 
 def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
     """Put the cached .tflite back."""
     ctx.tflite = entry.arrays["tflite"].tobytes()
-    ctx.conversion = entry.meta["conversion"]
-    if "sparse_encoding_refused" in ctx.conversion:
+    ctx.conversion = from_json(Conversion, entry.meta["conversion"])
+    if ctx.conversion.sparse_encoding_refused:
         _warn_dense(ctx)
 
 
 def _warn_dense(ctx: BuildContext) -> None:
+    assert ctx.conversion is not None
     ctx.warn(
-        f"LiteRT cannot load the 2:4 sparse encoding of this {ctx.conversion['mode']} model"
-        f" ({ctx.conversion['sparse_encoding_refused']}): it is stored dense, so its zeros save no bytes or time"
+        f"LiteRT cannot load the 2:4 sparse encoding of this {ctx.conversion.mode} model"
+        f" ({ctx.conversion.sparse_encoding_refused}): it is stored dense, so its zeros save no bytes or time"
     )

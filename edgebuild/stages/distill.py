@@ -1,6 +1,6 @@
 """Distill: train a narrower student on the float teacher's temperature-scaled logits.
 
-Reads ``ctx.teacher`` and the recipe's [distill] table. Writes ``ctx.model`` (the
+Reads ``ctx.teacher_model`` and the recipe's [distill] table. Writes ``ctx.model`` (the
 trained student) and ``ctx.soft_targets``, which prune and QAT keep learning from.
 """
 
@@ -15,17 +15,18 @@ from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import keras_costs
 from edgebuild.models import build_model
-from edgebuild.training import Teacher, accuracy, fit_model, teacher_logits, weights_from, weights_of
+from edgebuild.results import StageResult, skipped
+from edgebuild.training import SoftTargets, accuracy, fit_model, teacher_logits, weights_from, weights_of
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     plan = ctx.recipe.distill
     if plan is None:
-        return "skipped: the recipe has no [distill] table"
+        return skipped("the recipe has no [distill] table")
     architecture = ctx.recipe.student_architecture
     assert architecture is not None
     data = ctx.data
-    ctx.soft_targets = Teacher(teacher_logits(ctx.teacher, ctx.x_fit), plan.temperature, plan.alpha)
+    ctx.soft_targets = SoftTargets(teacher_logits(ctx.teacher_model, ctx.x_fit), plan.temperature, plan.alpha)
     student = _student(ctx)
     fit_model(
         student,
@@ -42,9 +43,9 @@ def run(ctx: BuildContext) -> str:
     ctx.model = student
     ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test, "the distilled student")
     ctx.costs["distill"] = keras_costs(student, ctx.x_fit[0])
-    return (
+    return StageResult(
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "
-        f"test accuracy {ctx.stage_accuracy['distill']:.2%} (teacher {ctx.teacher_accuracy:.2%})"
+        f"test accuracy {ctx.stage_accuracy['distill']:.2%} (teacher {ctx.teacher.accuracy:.2%})"
     )
 
 
@@ -72,4 +73,4 @@ def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
     if need_model:
         ctx.model = _student(ctx)
         ctx.model.set_weights(weights_from(entry.arrays))
-        ctx.soft_targets = Teacher(entry.arrays["soft_targets"], plan.temperature, plan.alpha)
+        ctx.soft_targets = SoftTargets(entry.arrays["soft_targets"], plan.temperature, plan.alpha)

@@ -4,6 +4,7 @@ Reads ``ctx.deploy_tflite`` and what validation measured (I/O, arena). Writes un
 ``ctx.work``: ``model.tflite``; the C header and source (``<basename>_data.h/.cc``);
 for TFLM targets the op resolver header, an Arduino library (``arduino/``) and a CMake
 target (``cmake/``); for LiteRT targets ``labels.txt``, ``model.json`` and ``infer.py``.
+Writes ``ctx.firmware_model`` and ``ctx.firmware``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from edgebuild.budgets import check_budgets
 from edgebuild.bundles import write_arduino_library, write_cmake_target, write_linux_bundle
 from edgebuild.context import BuildContext
 from edgebuild.firmware import FirmwareModel, c_identifier, model_header, model_source, ops_header
+from edgebuild.results import Firmware, StageResult, to_json
 from edgebuild.tflite import flatbuffer_ops
 
 
 def firmware_model(ctx: BuildContext) -> FirmwareModel:
     """The generated C's view of this build."""
-    recipe, target = ctx.recipe, ctx.target
-    arena = ctx.artifact.get("arena_bytes")
-    if arena is not None and ctx.npu:
+    recipe, target, artifact = ctx.recipe, ctx.target, ctx.artifact
+    arena = artifact.arena_bytes
+    if arena is not None and ctx.npu is not None:
         # TFLM on the host cannot run the NPU's op: Vela's SRAM plan is the arena estimate.
-        arena = max(arena, ctx.npu["sram_bytes"])
+        arena = max(arena, ctx.npu.sram_bytes)
     return FirmwareModel(
         data=ctx.deploy_tflite,
         prefix=c_identifier(recipe.firmware.prefix or recipe.name),
@@ -30,18 +32,18 @@ def firmware_model(ctx: BuildContext) -> FirmwareModel:
         arena_bytes=arena,
         arena_margin=target.firmware.arena_margin,
         section=target.firmware.section,
-        inputs=ctx.artifact["inputs"],
-        outputs=ctx.artifact["outputs"],
+        inputs=[t.as_dict() for t in artifact.inputs],
+        outputs=[t.as_dict() for t in artifact.outputs],
         labels=ctx.data.labels,
         ops=sorted(set(flatbuffer_ops(ctx.deploy_tflite))),
     )
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     work = ctx.work
     (work / "model.tflite").write_bytes(ctx.deploy_tflite)
     written = ["model.tflite"]
-    if ctx.npu:
+    if ctx.npu is not None:
         (work / "model_cpu.tflite").write_bytes(ctx.tflite)  # what was validated, runs without the NPU
         written.append("model_cpu.tflite")
     model = ctx.firmware_model = firmware_model(ctx)
@@ -52,7 +54,7 @@ def run(ctx: BuildContext) -> str:
     for name, text in sources.items():
         (work / name).write_text(text)
     written += list(sources)
-    ctx.firmware = {"prefix": model.prefix, "files": list(sources), "arena_bytes": model.arena_with_margin}
+    ctx.firmware = Firmware(prefix=model.prefix, files=tuple(sources), arena_bytes=model.arena_with_margin)
     if ctx.target.runtime == "tflm":
         library = write_arduino_library(work / "arduino", model, sources)
         write_cmake_target(work / "cmake", model, sources)
@@ -66,13 +68,13 @@ def run(ctx: BuildContext) -> str:
             "sha256": model.sha256,
             "bytes": len(model.data),
             "precision": ctx.target.precision.mode,
-            "inputs": ctx.artifact["inputs"],
-            "outputs": ctx.artifact["outputs"],
+            "inputs": model.inputs,
+            "outputs": model.outputs,
             "labels": list(model.labels),
-            "accuracy": {"artifact": ctx.artifact["accuracy"], "float_teacher": ctx.teacher_accuracy},
-            "validated_on": ctx.validation["device"],
-            "budgets": check_budgets(ctx),
+            "accuracy": {"artifact": ctx.artifact.accuracy, "float_teacher": ctx.teacher.accuracy},
+            "validated_on": ctx.validation.device,
+            "budgets": to_json(check_budgets(ctx)),
         }
         write_linux_bundle(work, card, model.labels)
         written += ["labels.txt", "model.json", "infer.py"]
-    return ", ".join(written)
+    return StageResult(", ".join(written))

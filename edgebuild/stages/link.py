@@ -7,26 +7,31 @@ it warns with the package to install and the build goes on without the fit check
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 from edgebuild.context import BuildContext
+from edgebuild.results import StageResult, skipped
 from edgebuild.toolchain import INSTALL_HINT, compile_checks, have_arm_toolchain, link_check
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     if ctx.target.runtime != "tflm":
-        return "skipped: not a microcontroller target"
-    model = ctx.firmware_model
-    assert model is not None, "emit made the firmware model"
+        return skipped("not a microcontroller target")
+    model, firmware = ctx.firmware_model, ctx.firmware
+    assert model is not None and firmware is not None, "emit made the firmware model"
     with tempfile.TemporaryDirectory(prefix="edgebuild-link-") as tmp:
-        compilers = compile_checks(ctx.work, model, ctx.target, Path(tmp))
-        ctx.firmware["compilers"] = compilers
+        compilers = tuple(compile_checks(ctx.work, model, ctx.target, Path(tmp)))
         if not have_arm_toolchain():
-            ctx.firmware["link"] = "skipped: arm-none-eabi-gcc not found"
+            ctx.firmware = dataclasses.replace(
+                firmware, compilers=compilers, link="skipped: arm-none-eabi-gcc not found"
+            )
             ctx.warn(f"arm-none-eabi-gcc not found, so the firmware fit was not checked: {INSTALL_HINT}")
-            return f"compiled with {', '.join(compilers) or 'no compiler'}; fit not checked (no arm toolchain)"
-        regions = link_check(ctx.work, model, ctx.target, Path(tmp))
-    ctx.firmware["regions"] = [r.as_dict() for r in regions]
+            return StageResult(
+                f"compiled with {', '.join(compilers) or 'no compiler'}; fit not checked (no arm toolchain)"
+            )
+        regions = tuple(link_check(ctx.work, model, ctx.target, Path(tmp)))
+    ctx.firmware = dataclasses.replace(firmware, compilers=compilers, regions=regions)
     usage = "; ".join(f"{r.name} {r.used:,} of {r.total:,} B ({r.margin:,} B free)" for r in regions)
-    return f"compiled warning-free with {', '.join(compilers)}; linked for {ctx.target.cpu}: {usage}"
+    return StageResult(f"compiled warning-free with {', '.join(compilers)}; linked for {ctx.target.cpu}: {usage}")

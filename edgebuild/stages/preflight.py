@@ -1,7 +1,8 @@
 """Preflight: check the recipe against the target before any training.
 
-Reads the recipe, the target and the dataset. Writes ``ctx.dataset``, the fit and
-validation splits, and ``ctx.float_model`` (built or loaded, untrained). Raises
+Reads the recipe, the target and the dataset. Writes ``ctx.dataset``, ``ctx.sparsity``
+(what pruning aims for), the fit and validation splits, and ``ctx.float_model`` (built
+or loaded, untrained). Raises
 ConfigError for a dataset or model that does not fit the recipe, and BudgetError
 for a budget the planned model can never meet, however well it trains.
 """
@@ -18,6 +19,7 @@ from edgebuild.context import BuildContext
 from edgebuild.datasets import load_dataset, split_validation
 from edgebuild.errors import BudgetError, BuildError, ConfigError
 from edgebuild.models import build_model, load_model
+from edgebuild.results import StageResult
 from edgebuild.runners.tflm_host import check_loads
 from edgebuild.support import SPARSITY_WHY_NOT, missing_ops
 from edgebuild.tf import seed_everything
@@ -119,7 +121,7 @@ def check_tflm_ops(model: Any, where: str) -> None:
         ) from None
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     recipe, target = ctx.recipe, ctx.target
     data = load_dataset(recipe)
     ctx.dataset = data
@@ -151,7 +153,7 @@ def run(ctx: BuildContext) -> str:
         assert student_arch is not None
         deployed = build_model(student_arch, data.input_shape, data.num_classes, recipe.distill.student_width)
 
-    sparsity = target.sparsity
+    sparsity = ctx.sparsity = target.sparsity
     if sparsity.target > 0 and sparsity.structure not in sparsity.exploitable:
         if not ctx.convert_sparsity:
             raise ConfigError(
@@ -160,7 +162,7 @@ def run(ctx: BuildContext) -> str:
                 f"{', '.join(sparsity.exploitable) or 'no sparsity'}",
                 hint="use structure = 'channel', or pass --convert-sparsity to prune channels instead",
             )
-        ctx.target = target = dataclasses.replace(target, sparsity=dataclasses.replace(sparsity, structure="channel"))
+        ctx.sparsity = dataclasses.replace(sparsity, structure="channel")
         ctx.warn(
             f"{sparsity.structure} sparsity saves nothing on {target.name}; pruning {sparsity.target:.0%} of "
             "the channels instead (--convert-sparsity)"
@@ -178,7 +180,7 @@ def run(ctx: BuildContext) -> str:
 
     mode = target.precision.mode
     params = int(deployed.count_params())
-    kept = (1.0 - target.sparsity.target) ** 2 if target.sparsity.structure == "channel" else 1.0
+    kept = (1.0 - ctx.sparsity.target) ** 2 if ctx.sparsity.structure == "channel" else 1.0
     # Channel pruning shrinks a layer's inputs and outputs; zeros (unstructured, 2:4) save no bytes.
     min_bytes = int(params * kept * BYTES_PER_WEIGHT[mode])
     limit = target.budgets.model_bytes
@@ -196,7 +198,7 @@ def run(ctx: BuildContext) -> str:
             f"{min_arena} bytes, more than the arena budget of {arena_limit}",
             hint="use smaller inputs or a narrower model, or a larger budget",
         )
-    return (
+    return StageResult(
         f"{data.name}: {len(ctx.x_fit)} train / {len(ctx.x_val)} validation / {len(data.x_test)} test, "
         f"{data.num_classes} classes; deployed model {params} parameters, {mode}"
     )

@@ -1,10 +1,11 @@
 """Prune: meet the target's sparsity budget in the structure its runtime can cash in.
 
-Reads ``ctx.model`` and the target's [sparsity] table. Writes ``ctx.model`` and
-``ctx.pruning``. ``channel``: whole filters and units are removed and a physically
-smaller model is rebuilt (``edgebuild.surgery``), in steps with fine-tuning (from the
-teacher when distilling). ``unstructured`` and ``2:4``: TF-MOT's magnitude pruning,
-stripped afterwards (the zeros are in the weights).
+Reads ``ctx.model`` and ``ctx.sparsity`` (the target's, or channels with
+--convert-sparsity). Writes ``ctx.model`` and ``ctx.pruning``. ``channel``: whole
+filters and units are removed and a physically smaller model is rebuilt
+(``edgebuild.surgery``), in steps with fine-tuning (from the teacher when distilling).
+``unstructured`` and ``2:4``: TF-MOT's magnitude pruning, stripped afterwards (the
+zeros are in the weights).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import keras_costs
+from edgebuild.results import Pruning, StageResult, from_json, skipped, to_json
 from edgebuild.surgery import LayerChannels, producer_channels, prune_channels
 from edgebuild.tf import keras, tfmot
 from edgebuild.training import accuracy, fit_model, weights_from, weights_of
@@ -35,16 +37,16 @@ def keras_sparsity(model: object) -> float:
     return zeros / total if total else 0.0
 
 
-def run(ctx: BuildContext) -> str:
-    plan, sparsity = ctx.recipe.prune, ctx.target.sparsity
+def run(ctx: BuildContext) -> StageResult:
+    plan, sparsity = ctx.recipe.prune, ctx.sparsity
     if plan is None:
-        return "skipped: the recipe has no [prune] table"
+        return skipped("the recipe has no [prune] table")
     if sparsity.target == 0:
-        return "skipped: the target asks for no sparsity"
+        return skipped("the target asks for no sparsity")
     summary = _prune_channels(ctx) if sparsity.structure == "channel" else _prune_magnitude(ctx)
     ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test, "the pruned model")
     ctx.costs["prune"] = keras_costs(ctx.model, ctx.x_fit[0])
-    return f"{summary}, test accuracy {ctx.stage_accuracy['prune']:.2%}"
+    return StageResult(f"{summary}, test accuracy {ctx.stage_accuracy['prune']:.2%}")
 
 
 def _fine_tune(ctx: BuildContext, model: Any, epochs: int, what: str, callbacks: tuple[Any, ...] = ()) -> None:
@@ -67,7 +69,7 @@ def _fine_tune(ctx: BuildContext, model: Any, epochs: int, what: str, callbacks:
 
 def _prune_magnitude(ctx: BuildContext) -> str:
     """TF-MOT magnitude pruning: unstructured, or 2:4 (two of every four weights zero)."""
-    plan, sparsity = ctx.recipe.prune, ctx.target.sparsity
+    plan, sparsity = ctx.recipe.prune, ctx.sparsity
     assert plan is not None
     mot = tfmot().sparsity.keras
     steps_per_epoch = math.ceil(len(ctx.x_fit) / ctx.recipe.train.batch_size)
@@ -86,14 +88,14 @@ def _prune_magnitude(ctx: BuildContext) -> str:
     wrapped = mot.prune_low_magnitude(ctx.model, pruning_schedule=schedule, **extra)
     _fine_tune(ctx, wrapped, plan.epochs, "prune", (mot.UpdatePruningStep(),))
     ctx.model = mot.strip_pruning(wrapped)
-    ctx.pruning = {"structure": sparsity.structure, "measured": keras_sparsity(ctx.model)}
+    ctx.pruning = Pruning(sparsity.structure, keras_sparsity(ctx.model))
     what = "2:4 pattern" if sparsity.structure == "2:4" else f"{plan.schedule} schedule to {sparsity.target:.0%}"
-    return f"{what}: kernel sparsity {ctx.pruning['measured']:.1%}"
+    return f"{what}: kernel sparsity {ctx.pruning.measured:.1%}"
 
 
 def _prune_channels(ctx: BuildContext) -> str:
     """Remove the least important channels in ``plan.steps`` steps, fine-tuning after each."""
-    plan, sparsity = ctx.recipe.prune, ctx.target.sparsity
+    plan, sparsity = ctx.recipe.prune, ctx.sparsity
     assert plan is not None
     original = producer_channels(ctx.model)
     params_before = int(ctx.model.count_params())
@@ -111,34 +113,28 @@ def _prune_channels(ctx: BuildContext) -> str:
         _fine_tune(ctx, ctx.model, epochs_per_step, f"channel prune {step}/{plan.steps} ({fraction:.0%})")
     prunable = [layer for layer in layers if layer.after < layer.before]
     removed = 1 - sum(layer.after for layer in prunable) / max(1, sum(layer.before for layer in prunable))
-    ctx.pruning = {
-        "structure": "channel",
-        "criterion": plan.criterion,
-        "measured": removed,
-        "parameters_before": params_before,
-        "parameters_after": int(ctx.model.count_params()),
-        "layers": [dataclasses.asdict(layer) for layer in layers],
-    }
+    params_after = int(ctx.model.count_params())
+    ctx.pruning = Pruning("channel", removed, plan.criterion, params_before, params_after, tuple(layers))
     return (
         f"{plan.steps} steps of {plan.criterion} channel pruning: {removed:.1%} of prunable channels removed, "
-        f"parameters {params_before:,} -> {ctx.pruning['parameters_after']:,}"
+        f"parameters {params_before:,} -> {params_after:,}"
     )
 
 
 def cache_parts(ctx: BuildContext) -> list[Any]:
     """The pruning plan and the target's sparsity budget."""
     plan = ctx.recipe.prune
-    return [dataclasses.asdict(plan) if plan else None, dataclasses.asdict(ctx.target.sparsity)]
+    return [dataclasses.asdict(plan) if plan else None, dataclasses.asdict(ctx.sparsity)]
 
 
 def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The pruned model: its architecture (smaller after channel pruning), weights and pruning report."""
-    return weights_of(ctx.model), {"model_json": ctx.model.to_json(), "pruning": ctx.pruning}
+    return weights_of(ctx.model), {"model_json": ctx.model.to_json(), "pruning": to_json(ctx.pruning)}
 
 
 def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
     """Put the cached pruning report back, and the pruned model when a later stage needs it."""
-    ctx.pruning = entry.meta["pruning"]
+    ctx.pruning = from_json(Pruning, entry.meta["pruning"])
     if need_model:
         pruned = keras().models.model_from_json(entry.meta["model_json"])
         pruned.set_weights(weights_from(entry.arrays))

@@ -13,16 +13,17 @@ import numpy as np
 
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
+from edgebuild.results import StageResult, skipped
 from edgebuild.tf import keras, tfmot
 from edgebuild.training import accuracy, fit_model, weights_from, weights_of
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     plan = ctx.recipe.qat
     if plan is None:
-        return "skipped: the recipe has no [qat] table"
+        return skipped("the recipe has no [qat] table")
     if ctx.target.precision.mode != "int8":
-        return f"skipped: the target's precision is {ctx.target.precision.mode}, QAT is for full-integer int8"
+        return skipped(f"the target's precision is {ctx.target.precision.mode}, QAT is for full-integer int8")
     qat_model = _fake_quantized(ctx)
     calibrate_ranges(qat_model, ctx.model, ctx.x_fit)
     fit_model(
@@ -40,7 +41,7 @@ def run(ctx: BuildContext) -> str:
     ctx.qat_model = qat_model
     ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test, "the quantization-aware model")
     kind = "prune-preserving " if _has_zeros(ctx) else ""
-    return f"{kind}QAT {plan.epochs} epochs: fake-quantized test accuracy {ctx.stage_accuracy['qat']:.2%}"
+    return StageResult(f"{kind}QAT {plan.epochs} epochs: fake-quantized test accuracy {ctx.stage_accuracy['qat']:.2%}")
 
 
 CALIBRATION_SAMPLES = 512
@@ -48,7 +49,7 @@ CALIBRATION_SAMPLES = 512
 
 def _has_zeros(ctx: BuildContext) -> bool:
     """Whether pruning left zeros in the weights that QAT must keep (not after channel removal)."""
-    return ctx.pruning.get("structure") in ("unstructured", "2:4")
+    return ctx.pruned_structure in ("unstructured", "2:4")
 
 
 def _fake_quantized(ctx: BuildContext) -> Any:

@@ -16,6 +16,7 @@ from edgebuild import __version__
 from edgebuild.budgets import budget_table, check_budgets
 from edgebuild.context import BuildContext
 from edgebuild.memory import peak_bytes
+from edgebuild.results import StageResult, to_json
 from edgebuild.tf import build_threads, versions
 
 
@@ -110,27 +111,23 @@ def _markdown(report: dict[str, Any], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     start = time.perf_counter()
     ctx.budgets = check_budgets(ctx)
     report: dict[str, Any] = {
         "recipe": ctx.recipe.name,
         "target": ctx.target.name,
         "edgebuild_version": __version__,
-        "teacher": {
-            "accuracy": ctx.teacher_accuracy,
-            "tflite_bytes": ctx.teacher_tflite_bytes,
-            "parameters": ctx.teacher_parameters,
-        },
-        "artifact": ctx.artifact,
-        "validation": ctx.validation,
-        "budgets": ctx.budgets,
-        "conversion": ctx.conversion,
-        "npu": ctx.npu or None,
-        "firmware": ctx.firmware or None,
+        "teacher": to_json(ctx.teacher),
+        "artifact": to_json(ctx.artifact),
+        "validation": to_json(ctx.validation),
+        "budgets": to_json(ctx.budgets),
+        "conversion": to_json(ctx.conversion),
+        "npu": to_json(ctx.npu),
+        "firmware": to_json(ctx.firmware),
         "stage_accuracy": ctx.stage_accuracy,
-        "profiles": ctx.costs,
-        "pruning": ctx.pruning or None,
+        "profiles": to_json(ctx.costs),
+        "pruning": to_json(ctx.pruning),
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,
         "unsafe_model_allowed": ctx.allow_unsafe_model,
@@ -142,7 +139,8 @@ def run(ctx: BuildContext) -> str:
     ctx.report = report
     (ctx.work / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (ctx.work / "report.md").write_text(_markdown(report, budget_table(ctx.budgets)))
-    missed = [b["name"] for b in ctx.budgets if not b["ok"]]
-    return f"budgets: {len(ctx.budgets) - len(missed)} met, {len(missed)} missed" + (
-        f" ({', '.join(missed)})" if missed else ""
+    missed = [b.name for b in ctx.budgets if not b.ok]
+    return StageResult(
+        f"budgets: {len(ctx.budgets) - len(missed)} met, {len(missed)} missed"
+        + (f" ({', '.join(missed)})" if missed else "")
     )

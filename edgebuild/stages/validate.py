@@ -1,8 +1,9 @@
 """Validate: run the artifact on the target's runner and compare with reference kernels.
 
-Reads ``ctx.tflite`` and the held-out test split. Writes ``ctx.artifact`` (accuracy,
-bytes, measured sparsity, TFLM arena) and ``ctx.validation`` (runner, device, output
-differences against LiteRT's reference kernels end to end and op by op, latency).
+Reads ``ctx.tflite`` and the held-out test split. Writes ``ctx.artifact_facts`` (accuracy,
+bytes, measured sparsity, TFLM arena) and ``ctx.validation_facts`` (runner, device, output
+differences against LiteRT's reference kernels end to end and op by op, latency, and the
+run on ``--device``: what it measures depends on its runner's capabilities).
 Raises BuildError when an op's own kernel differs from the reference by more than
 1 LSB (the runtimes only round requantization differently, so more means something
 is wrong) or when top-1 agreement falls below the profile's minimum.
@@ -20,7 +21,8 @@ from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import tflite_costs
 from edgebuild.errors import BuildError
-from edgebuild.runners import RunResult, device_runner
+from edgebuild.results import Artifact, Comparison, DeviceRun, OpCheck, StageResult, Validation, from_json, to_json
+from edgebuild.runners import DEVICE_RUNNERS, OUTPUTS, REFERENCE, Runner
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
 from edgebuild.runners.tflm_host import TflmHost, find_min_arena
@@ -32,7 +34,7 @@ FLOAT_TOLERANCE = 1e-4
 OPCHECK_SAMPLES = 200
 
 
-def compare_outputs(result: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+def compare_outputs(result: np.ndarray, reference: np.ndarray) -> Comparison:
     """Differences between two runs' outputs: differing elements, max LSB (integer outputs) and top-1 agreement."""
     if np.issubdtype(result.dtype, np.integer):
         diff = np.abs(result.astype(np.int64) - reference.astype(np.int64))
@@ -45,16 +47,42 @@ def compare_outputs(result: np.ndarray, reference: np.ndarray) -> dict[str, Any]
         max_lsb = None
         max_abs = float(diff_f.max()) if diff_f.size else 0.0
     agreement = float(np.mean(np.argmax(result, axis=-1) == np.argmax(reference, axis=-1)))
-    return {
-        "compared_outputs": int(result.size),
-        "mismatched_outputs": int(np.count_nonzero(differing)),
-        "max_lsb_diff": max_lsb,
-        "max_abs_diff": max_abs,
-        "top1_agreement": agreement,
-    }
+    return Comparison(int(result.size), int(np.count_nonzero(differing)), max_lsb, max_abs, agreement)
 
 
-def run(ctx: BuildContext) -> str:
+def _host_runner(ctx: BuildContext, sample: np.ndarray) -> tuple[Runner, int | None]:
+    """The profile's host runner, and the TFLM arena it found (None for LiteRT)."""
+    target = ctx.target
+    if target.validate.runner == "tflm-host":
+        arena = find_min_arena(ctx.tflite, sample)
+        return TflmHost(arena_bytes=arena), arena
+    return LiteRTHost(threads=target.validate.threads), None
+
+
+def _check_ops(ctx: BuildContext, interpreter: Any, x: np.ndarray, arena: int | None) -> tuple[OpCheck, ...]:
+    """Every op's kernel on the target's runtime against LiteRT's reference kernel, on identical inputs.
+
+    Raises BuildError when one differs by more than ``MAX_LSB_DIFF``.
+    """
+    target = ctx.target
+    # Keeping every tensor needs room for all of them and TFLM's bookkeeping besides the arena.
+    every_tensor = sum(
+        int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in interpreter.get_tensor_details()
+    )
+    keep_all = 2 * (arena or 0) + every_tensor + 64 * 1024
+    ops = tuple(OpCheck(**row) for row in compare_ops(ctx.tflite, x[:OPCHECK_SAMPLES], target.runtime, keep_all))
+    wrong = [r for r in ops if r.max_own_lsb > MAX_LSB_DIFF]
+    if wrong:
+        r = wrong[0]
+        raise BuildError(
+            f"validate: op #{r.index} {r.op} on {target.validate.runner} differs from LiteRT's "
+            f"reference kernel by {r.max_own_lsb} LSB on identical inputs (more than {MAX_LSB_DIFF})",
+            hint="this is a runtime or converter bug; report it with the model.tflite",
+        )
+    return ops
+
+
+def run(ctx: BuildContext) -> StageResult:
     target, data = ctx.target, ctx.data
     interpreter = make_interpreter(ctx.tflite, reference=True)  # no delegate: every op stays visible
     inputs, outputs = io_details(interpreter)
@@ -62,119 +90,104 @@ def run(ctx: BuildContext) -> str:
     zeros, total = weight_sparsity(interpreter)
 
     reference = LiteRTHost(reference=True).run(ctx.tflite, x)
-    arena: int | None = None
-    result: RunResult
-    if target.validate.runner == "tflm-host":
-        arena = find_min_arena(ctx.tflite, x[0])
-        result = TflmHost(arena_bytes=arena).run(ctx.tflite, x)
-    else:
-        result = LiteRTHost(threads=target.validate.threads).run(ctx.tflite, x)
-
+    runner, arena = _host_runner(ctx, x[0])
+    result = runner.run(ctx.tflite, x)
     check_outputs(result.outputs, f"the converted model on {target.validate.runner}")
-    accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == data.y_test))
+    host_accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == data.y_test))
     differences = compare_outputs(result.outputs, reference.outputs)
-    ops = op_names(interpreter)
-    ctx.artifact = {
-        "accuracy": accuracy,
-        "tflite_bytes": len(ctx.tflite),
-        "sha256": hashlib.sha256(ctx.tflite).hexdigest(),
-        "precision": target.precision.mode,
-        # The budget's measure: removed channels for channel pruning, zero weights otherwise.
-        "sparsity": ctx.pruning["measured"] if ctx.pruning.get("structure") == "channel" else zeros / max(total, 1),
-        "sparsity_structure": ctx.pruning.get("structure", "none"),
-        "zero_weights": zeros / total if total else 0.0,
-        "weights": total,
-        "arena_bytes": arena,
-        "ops": {op: ops.count(op) for op in sorted(set(ops))},
-        "inputs": [t.as_dict() for t in inputs],
-        "outputs": [t.as_dict() for t in outputs],
-    }
-    ctx.costs["artifact"] = {
-        **tflite_costs(ctx.tflite, data.x_test[0], arena=False),
-        "arena_bytes": arena,
-        "accuracy": accuracy,
-    }
-    ctx.validation = {
-        "runner": target.validate.runner,
-        "device": result.device,
-        "emulated": result.emulated,
-        "reference": reference.device,
-        "test_samples": len(x),
-        **differences,
-        "latency": result.latency_summary(),
-    }
-    if np.issubdtype(result.outputs.dtype, np.integer):
-        # Keeping every tensor needs room for all of them and TFLM's bookkeeping besides the arena.
-        every_tensor = sum(
-            int(np.prod(t["shape"])) * np.dtype(t["dtype"]).itemsize for t in interpreter.get_tensor_details()
-        )
-        keep_all = 2 * (arena or 0) + every_tensor + 64 * 1024
-        ops_compared = compare_ops(ctx.tflite, x[:OPCHECK_SAMPLES], target.runtime, keep_all)
-        ctx.validation["ops"] = ops_compared
-        ctx.validation["max_op_lsb_diff"] = max((r["max_own_lsb"] for r in ops_compared), default=0)
-        wrong = [r for r in ops_compared if r["max_own_lsb"] > MAX_LSB_DIFF]
-        if wrong:
-            r = wrong[0]
-            raise BuildError(
-                f"validate: op #{r['index']} {r['op']} on {target.validate.runner} differs from LiteRT's "
-                f"reference kernel by {r['max_own_lsb']} LSB on identical inputs (more than {MAX_LSB_DIFF})",
-                hint="this is a runtime or converter bug; report it with the model.tflite",
-            )
+    integer = np.issubdtype(result.outputs.dtype, np.integer)
+    ops = _check_ops(ctx, interpreter, x, arena) if integer else ()
     minimum = target.validate.min_top1_agreement
-    if differences["top1_agreement"] < minimum:
+    if differences.top1_agreement < minimum:
         raise BuildError(
-            f"validate: top-1 agreement with LiteRT's reference kernels is {differences['top1_agreement']:.2%}, "
+            f"validate: top-1 agreement with LiteRT's reference kernels is {differences.top1_agreement:.2%}, "
             f"below the target's validate.min_top1_agreement of {minimum:.2%}",
             hint="lower validate.min_top1_agreement only if such disagreement is expected",
         )
-    if ctx.device.kind != "host":
-        device_run = _run_on_device(ctx, x, reference.outputs)
-        ctx.validation["device_run"] = device_run
-        if device_run.get("accuracy") is not None:
-            ctx.artifact["host_accuracy"] = accuracy
-            ctx.artifact["accuracy"] = accuracy = device_run["accuracy"]
-    lsb = differences["max_lsb_diff"]
+    device_run = _run_on_device(ctx, x, reference.outputs) if ctx.device.kind != "host" else None
+    on_device = device_run is not None and device_run.accuracy is not None
+    accuracy = device_run.accuracy if device_run is not None and device_run.accuracy is not None else host_accuracy
+    names = op_names(interpreter)
+    ctx.artifact_facts = Artifact(
+        accuracy=accuracy,
+        tflite_bytes=len(ctx.tflite),
+        sha256=hashlib.sha256(ctx.tflite).hexdigest(),
+        precision=target.precision.mode,
+        # The budget's measure: removed channels for channel pruning, zero weights otherwise.
+        sparsity=ctx.pruning.measured if ctx.pruning and ctx.pruning.structure == "channel" else zeros / max(total, 1),
+        sparsity_structure=ctx.pruned_structure,
+        zero_weights=zeros / total if total else 0.0,
+        weights=total,
+        arena_bytes=arena,
+        ops={op: names.count(op) for op in sorted(set(names))},
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        host_accuracy=host_accuracy if on_device else None,
+    )
+    ctx.costs["artifact"] = dataclasses.replace(
+        tflite_costs(ctx.tflite, data.x_test[0], arena=False), arena_bytes=arena, accuracy=host_accuracy
+    )
+    ctx.validation_facts = Validation(
+        runner=target.validate.runner,
+        device=result.device,
+        emulated=result.emulated,
+        reference=reference.device,
+        test_samples=len(x),
+        compared_outputs=differences.compared_outputs,
+        mismatched_outputs=differences.mismatched_outputs,
+        max_lsb_diff=differences.max_lsb_diff,
+        max_abs_diff=differences.max_abs_diff,
+        top1_agreement=differences.top1_agreement,
+        latency=result.latency_summary(),
+        ops=ops,
+        max_op_lsb_diff=max((r.max_own_lsb for r in ops), default=0) if integer else None,
+        device_run=device_run,
+    )
+    lsb = differences.max_lsb_diff
     arena_text = f", arena {arena} bytes" if arena is not None else ""
-    return (
+    per_op = ctx.validation.max_op_lsb_diff
+    return StageResult(
         f"{target.validate.runner}: accuracy {accuracy:.2%}{arena_text}; vs reference kernels "
-        f"{differences['mismatched_outputs']}/{differences['compared_outputs']} outputs differ "
-        f"(max {lsb if lsb is not None else differences['max_abs_diff']}; per op "
-        f"{ctx.validation.get('max_op_lsb_diff', '-')}), "
-        f"top-1 agreement {differences['top1_agreement']:.2%}"
+        f"{differences.mismatched_outputs}/{differences.compared_outputs} outputs differ "
+        f"(max {lsb if lsb is not None else differences.max_abs_diff}; per op "
+        f"{per_op if per_op is not None else '-'}), "
+        f"top-1 agreement {differences.top1_agreement:.2%}"
     )
 
 
-def _run_on_device(ctx: BuildContext, x: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """Run the artifact on ``ctx.device``: accuracy, latency and output differences measured there.
+def _run_on_device(ctx: BuildContext, x: np.ndarray, reference: np.ndarray) -> DeviceRun:
+    """Run the artifact on ``ctx.device``: latency, and where the runner brings outputs back,
+    accuracy and output differences measured there.
 
     Raises BuildError when the device's reference kernels do not reproduce the host's
     reference-kernel outputs bit for bit (integer kernels give the same bits everywhere).
     """
-    runner = device_runner(ctx.device, ctx.benchmark_binary)
+    runner = DEVICE_RUNNERS[ctx.device.kind](ctx.device, ctx.benchmark_binary)
     label = ctx.device.label
     result = runner.run(ctx.tflite, x)
-    info: dict[str, Any] = {
-        "device": label,
-        "measured_on": result.device,
-        "emulated": result.emulated,
-        "latency": result.latency_summary(),
-        "latency_note": "emulated: says nothing about real speed" if result.emulated else "measured on the device",
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "accuracy": None,
-    }
-    if result.outputs.size == 0:  # a benchmark binary measures latency only
-        return info
-    info["accuracy"] = float(np.mean(np.argmax(result.outputs, axis=-1) == ctx.data.y_test))
-    info["vs_host_reference"] = compare_outputs(result.outputs, reference)
+    run = DeviceRun(
+        device=label,
+        measured_on=result.device,
+        emulated=result.emulated,
+        latency=result.latency_summary(),
+        latency_note="emulated: says nothing about real speed" if result.emulated else "measured on the device",
+        peak_memory_bytes=result.peak_memory_bytes,
+        accuracy=None,
+    )
+    if OUTPUTS not in runner.capabilities:
+        return run
+    accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == ctx.data.y_test))
+    run = dataclasses.replace(run, accuracy=accuracy, vs_host_reference=compare_outputs(result.outputs, reference))
+    if REFERENCE not in runner.capabilities:
+        return run
     same = compare_outputs(runner.run(ctx.tflite, x, reference=True).outputs, reference)
-    info["reference_kernels_vs_host"] = same
-    if same["mismatched_outputs"]:
+    if same.mismatched_outputs:
         raise BuildError(
-            f"validate: on {label}, LiteRT's reference kernels give {same['mismatched_outputs']} outputs different "
-            f"from the host's (max {same['max_lsb_diff']} LSB); they should be bit-identical",
+            f"validate: on {label}, LiteRT's reference kernels give {same.mismatched_outputs} outputs different "
+            f"from the host's (max {same.max_lsb_diff} LSB); they should be bit-identical",
             hint="the device's LiteRT build or the copied model is not what the host ran",
         )
-    return info
+    return dataclasses.replace(run, reference_kernels_vs_host=same)
 
 
 def cache_parts(ctx: BuildContext) -> list[Any]:
@@ -184,10 +197,10 @@ def cache_parts(ctx: BuildContext) -> list[Any]:
 
 def save(ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """What validation measured."""
-    return {}, {"artifact": ctx.artifact, "validation": ctx.validation}
+    return {}, {"artifact": to_json(ctx.artifact), "validation": to_json(ctx.validation)}
 
 
 def restore(ctx: BuildContext, entry: Entry, need_model: bool) -> None:
     """Put cached measurements back."""
-    ctx.artifact = entry.meta["artifact"]
-    ctx.validation = entry.meta["validation"]
+    ctx.artifact_facts = from_json(Artifact, entry.meta["artifact"])
+    ctx.validation_facts = from_json(Validation, entry.meta["validation"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgebuild.context import BuildContext
 from edgebuild.errors import BuildError
+from edgebuild.results import NpuEstimate, StageResult, skipped
 from edgebuild.schema import Npu
 from edgebuild.support import NPU_OP
 from edgebuild.tflite import flatbuffer_ops
@@ -58,36 +59,36 @@ def run_vela(model: bytes, npu: Npu, folder: Path) -> tuple[bytes, dict[str, str
     return optimized, row
 
 
-def run(ctx: BuildContext) -> str:
+def run(ctx: BuildContext) -> StageResult:
     npu = ctx.target.npu
     if npu is None:
         ctx.deploy_tflite = ctx.tflite
-        return "skipped: the target has no NPU"
+        return skipped("the target has no NPU")
     with tempfile.TemporaryDirectory(prefix="edgebuild-vela-") as tmp:
         optimized, row = run_vela(ctx.tflite, npu, Path(tmp))
     ops = flatbuffer_ops(optimized)
     cpu_ops = sorted({op for op in ops if op != NPU_OP})
     kib = 1024
     ctx.deploy_tflite = optimized
-    ctx.npu = {
-        "accelerator": npu.accelerator,
-        "system_config": npu.system_config,
-        "memory_mode": npu.memory_mode,
-        "vela_tflite_bytes": len(optimized),
-        "npu_cycles": int(float(row["cycles_npu"])),
-        "total_cycles": int(float(row["cycles_total"])),
-        "inference_time_s": float(row["inference_time"]),
-        "sram_bytes": math.ceil(float(row["sram_memory_used"]) * kib),
-        "off_chip_flash_bytes": math.ceil(float(row["off_chip_flash_memory_used"]) * kib),
-        "on_chip_flash_bytes": math.ceil(float(row["on_chip_flash_memory_used"]) * kib),
-        "macs": int(float(row["nn_macs"])),
-        "npu_ops": ops.count(NPU_OP),
-        "cpu_ops": cpu_ops,
-    }
+    ctx.npu = npu_facts = NpuEstimate(
+        accelerator=npu.accelerator,
+        system_config=npu.system_config,
+        memory_mode=npu.memory_mode,
+        vela_tflite_bytes=len(optimized),
+        npu_cycles=int(float(row["cycles_npu"])),
+        total_cycles=int(float(row["cycles_total"])),
+        inference_time_s=float(row["inference_time"]),
+        sram_bytes=math.ceil(float(row["sram_memory_used"]) * kib),
+        off_chip_flash_bytes=math.ceil(float(row["off_chip_flash_memory_used"]) * kib),
+        on_chip_flash_bytes=math.ceil(float(row["on_chip_flash_memory_used"]) * kib),
+        macs=int(float(row["nn_macs"])),
+        npu_ops=ops.count(NPU_OP),
+        cpu_ops=tuple(cpu_ops),
+    )
     on_cpu = f"; on the CPU: {', '.join(cpu_ops)}" if cpu_ops else "; every op on the NPU"
-    return (
-        f"{npu.accelerator}: {ctx.npu['npu_cycles']:,} NPU cycles ({ctx.npu['total_cycles']:,} in all), "
-        f"SRAM {ctx.npu['sram_bytes']:,} B, "
-        f"flash {ctx.npu['off_chip_flash_bytes'] + ctx.npu['on_chip_flash_bytes']:,} B"
+    return StageResult(
+        f"{npu.accelerator}: {npu_facts.npu_cycles:,} NPU cycles ({npu_facts.total_cycles:,} in all), "
+        f"SRAM {npu_facts.sram_bytes:,} B, "
+        f"flash {npu_facts.off_chip_flash_bytes + npu_facts.on_chip_flash_bytes:,} B"
         f"{on_cpu}"
     )

@@ -1,0 +1,243 @@
+"""What one stage hands another, as frozen dataclasses: mypy checks every read.
+
+Each stage writes its result once into the build context; later stages and the report
+read its fields. ``to_json`` turns a result into what ``report.json`` and the stage
+cache hold; ``from_json`` reads a cached one back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from edgebuild.surgery import LayerChannels
+from edgebuild.tflite import TensorInfo
+from edgebuild.toolchain import Region
+
+T = TypeVar("T")
+Json = Any  # what json.loads gives: only read through from_json into a typed result
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What the driver shows and caches for a stage: its one-line summary, and whether it did nothing."""
+
+    summary: str
+    skipped: bool = False
+
+
+def skipped(reason: str) -> StageResult:
+    """A stage that had nothing to do, and why."""
+    return StageResult(f"skipped: {reason}", skipped=True)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The float model every budget is measured against (baseline)."""
+
+    accuracy: float
+    tflite_bytes: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What pruning removed (prune): channels, or weights zeroed in a pattern."""
+
+    structure: str  # channel | unstructured | 2:4
+    measured: float  # fraction of prunable channels removed, or of kernel weights zero
+    criterion: str | None = None
+    parameters_before: int | None = None
+    parameters_after: int | None = None
+    layers: tuple[LayerChannels, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One conversion the convert stage scored on the validation split."""
+
+    name: str  # qat | ptq | float32
+    bytes: int
+    selection_accuracy: float
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How the artifact was converted and chosen (convert)."""
+
+    mode: str
+    io: str
+    chosen: str
+    candidates: tuple[Candidate, ...]
+    sparse_encoding_refused: str | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The validated model's facts (validate); ``accuracy`` is the device's when a device measured it."""
+
+    accuracy: float
+    tflite_bytes: int
+    sha256: str
+    precision: str
+    sparsity: float  # the budget's measure: channels removed, or zero weights
+    sparsity_structure: str
+    zero_weights: float
+    weights: int
+    arena_bytes: int | None
+    ops: dict[str, int]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    host_accuracy: float | None = None  # the host's, when a device measured ``accuracy``
+
+
+@dataclass(frozen=True)
+class OpCheck:
+    """One op's kernel against LiteRT's reference kernel, judged on samples with bit-identical inputs."""
+
+    index: int
+    op: str
+    judged: int
+    max_own_lsb: int
+    max_lsb: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs' outputs: differing elements, the largest difference and top-1 agreement."""
+
+    compared_outputs: int
+    mismatched_outputs: int
+    max_lsb_diff: int | None  # integer outputs only
+    max_abs_diff: float
+    top1_agreement: float
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """The artifact on a device (validate with --device): where, how fast, and how close to the host."""
+
+    device: str
+    measured_on: str
+    emulated: bool
+    latency: dict[str, float]
+    latency_note: str
+    peak_memory_bytes: int | None
+    accuracy: float | None  # None where the runner measures latency only
+    vs_host_reference: Comparison | None = None
+    reference_kernels_vs_host: Comparison | None = None
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The artifact on the target's runner against LiteRT's reference kernels (validate)."""
+
+    runner: str
+    device: str
+    emulated: bool
+    reference: str
+    test_samples: int
+    compared_outputs: int
+    mismatched_outputs: int
+    max_lsb_diff: int | None
+    max_abs_diff: float
+    top1_agreement: float
+    latency: dict[str, float]
+    ops: tuple[OpCheck, ...] = ()
+    max_op_lsb_diff: int | None = None
+    device_run: DeviceRun | None = None
+
+
+@dataclass(frozen=True)
+class NpuEstimate:
+    """Vela's compilation for an Ethos-U NPU (vela)."""
+
+    accelerator: str
+    system_config: str
+    memory_mode: str
+    vela_tflite_bytes: int
+    npu_cycles: int
+    total_cycles: int
+    inference_time_s: float
+    sram_bytes: int
+    off_chip_flash_bytes: int
+    on_chip_flash_bytes: int
+    macs: int
+    npu_ops: int
+    cpu_ops: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """The generated C (emit) and, on microcontroller targets, the compile and link checks (link)."""
+
+    prefix: str
+    files: tuple[str, ...]
+    arena_bytes: int | None  # the header's arena: measured, plus the profile's margin
+    compilers: tuple[str, ...] = ()
+    link: str | None = None  # why the fit was not checked, when it was not
+    regions: tuple[Region, ...] = ()
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a stage's model costs on the host: parameters, MACs, bytes, TFLM arena, latency."""
+
+    parameters: int
+    macs: int
+    tflite_bytes: int
+    host_latency_ms: float
+    arena_bytes: int | None
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget of the target against what the build measured (report)."""
+
+    name: str
+    kind: str  # max | min
+    unit: str  # bytes | fraction
+    limit: float
+    actual: float
+    margin: float
+    ok: bool
+
+
+def to_json(value: Any) -> Any:
+    """A result (or a dict, list or tuple of them) as JSON-able data; dataclasses become dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(cls: type[T], data: Json) -> T:
+    """Read back what ``to_json`` wrote for a ``cls`` (nested results, tuples and optionals included)."""
+    return typing.cast(T, _read(cls, data))
+
+
+def _read(tp: Any, data: Json) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _read(options[0], data)
+    if origin is tuple:
+        return tuple(_read(typing.get_args(tp)[0], item) for item in data)
+    if origin is dict:
+        return {key: _read(typing.get_args(tp)[1], item) for key, item in data.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        return tp(**{name: _read(hints[name], data[name]) for name in names if name in data})
+    if tp is float and isinstance(data, int):
+        return float(data)
+    return data
