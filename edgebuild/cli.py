@@ -211,7 +211,7 @@ def device_group() -> None:
 @click.option("--force", is_flag=True, help="Rebuild the emulated root even if one is cached.")
 def device_setup_command(kind: str, force: bool) -> None:
     """Build (once) and cache the emulated arm64 Linux root that --device qemu runs in."""
-    from edgebuild.runners.qemu_arm64 import setup_root
+    from edgebuild.runners.arm64_root import setup_root
 
     root = setup_root(force=force)
     click.echo(f"emulated arm64 Linux ready in {root}")

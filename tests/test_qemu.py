@@ -26,7 +26,8 @@ import pytest
 
 from edgebuild.errors import BuildError
 from edgebuild.runners.litert_host import LiteRTHost
-from edgebuild.runners.qemu_arm64 import MARKER, QemuArm64, default_root, is_ready, setup_root
+from edgebuild.runners.arm64_root import MARKER, default_root, is_ready, setup_root
+from edgebuild.runners.qemu_arm64 import QemuArm64
 from edgebuild.stages.validate import compare_outputs
 from edgebuild.tf import keras, seed_everything
 from edgebuild.tflite import convert_keras, make_interpreter

@@ -25,6 +25,7 @@ import numpy as np
 from edgebuild.devices import DeviceSpec
 from edgebuild.errors import BuildError, ConfigError, EdgebuildError
 from edgebuild.runners import RunResult
+from edgebuild.runners.text import last_line, line_with
 
 REMOTE_ROOT = "/data/local/tmp"
 DEFAULT_RUNS = 50
@@ -160,7 +161,7 @@ class AdbDevice:
         timings = parse_benchmark_output(text)
         if timings is None:
             raise BuildError(
-                f"validate: benchmark_model on {label} printed no 'Inference (avg)' timing ({_last_line(text)})",
+                f"validate: benchmark_model on {label} printed no 'Inference (avg)' timing ({last_line(text)})",
                 hint=f"--benchmark-binary should be {BINARY_HINT}",
             )
         extra: dict[str, object] = {"tool": "benchmark_model", "threads": 1}
@@ -260,7 +261,7 @@ class AdbDevice:
 
     def _benchmark_error(self, label: str, binary: Path, text: str) -> EdgebuildError:
         """The error for a benchmark_model run that failed on the phone, from what it printed."""
-        wrong_binary = _line_with(
+        wrong_binary = line_with(
             text, "Exec format error", "not executable", "cannot execute", "yntax error", "CANNOT LINK EXECUTABLE"
         )
         if wrong_binary:
@@ -269,35 +270,16 @@ class AdbDevice:
                 hint="use the build for the phone's CPU, e.g. android_arm64 for arm64-v8a; "
                 "adb shell getprop ro.product.cpu.abi says which",
             )
-        line = _line_with(text, "ERROR", "Error", "error", "Failed", "failed") or _last_line(text)
+        line = line_with(text, "ERROR", "Error", "error", "Failed", "failed") or last_line(text)
         return BuildError(f"validate: benchmark_model failed on {label} ({line or 'no output'})")
 
 
 def _adb_error(label: str, action: str, text: str) -> BuildError:
     """The error for a failed ``adb ACTION`` on ``label``, from its output ``text``."""
-    full = _line_with(text, "No space left on device")
+    full = line_with(text, "No space left on device")
     if full:
         return BuildError(
             f"validate: {label} is out of storage ({full})", hint=f"free some space on the phone's {REMOTE_ROOT}"
         )
-    line = _line_with(text, "error", "failed") or _last_line(text)
+    line = line_with(text, "error", "failed") or last_line(text)
     return BuildError(f"validate: adb {action} on {label} failed ({line or 'no output'})")
-
-
-def _last_line(text: str, limit: int = 200) -> str:
-    """The last non-empty line of ``text``, cut to ``limit`` characters."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _cut(lines[-1], limit) if lines else ""
-
-
-def _line_with(text: str, *needles: str, limit: int = 200) -> str:
-    """The first line of ``text`` holding one of ``needles``, cut to ``limit`` characters; "" if none does."""
-    for line in text.splitlines():
-        if any(needle in line for needle in needles):
-            return _cut(line.strip(), limit)
-    return ""
-
-
-def _cut(line: str, limit: int) -> str:
-    """``line`` cut to ``limit`` characters."""
-    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -34,6 +34,7 @@ import numpy as np
 from edgebuild.devices import DeviceSpec
 from edgebuild.errors import BuildError, ConfigError, EdgebuildError
 from edgebuild.runners import DEVICE_SCRIPT, OUTPUTS, REFERENCE, RunResult, read_device_result
+from edgebuild.runners.text import last_line, line_with
 
 CONFIG_ENV = "EDGEBUILD_SSH_CONFIG"
 PYTHON_ENV = "EDGEBUILD_SSH_PYTHON"
@@ -162,9 +163,9 @@ class SshDevice:
     def error(self, code: int, stderr: str) -> EdgebuildError:
         """The one-line error, naming the device, for ssh's or the board script's exit ``code`` and ``stderr``."""
         label = self.label
-        last = _last_line(stderr)
+        last = last_line(stderr)
         python = os.environ.get(PYTHON_ENV) or "python3"
-        full = _line_with(stderr, "No space left on device", "Disk quota exceeded")
+        full = line_with(stderr, "No space left on device", "Disk quota exceeded")
         if full:
             return BuildError(
                 f"validate: {label} is out of disk space ({full})",
@@ -220,7 +221,7 @@ class SshDevice:
                 hint=f"check its fingerprint, then add it with ssh-keyscan {port}{host} >> ~/.ssh/known_hosts, "
                 "or log in once with ssh",
             )
-        refused = _line_with(stderr, "Permission denied", "Too many authentication failures")
+        refused = line_with(stderr, "Permission denied", "Too many authentication failures")
         if refused:
             return ConfigError(
                 f"--device {label}: the board refused the key ({refused})",
@@ -237,7 +238,7 @@ class SshDevice:
             "Connection closed",
             "kex_exchange_identification",
         )
-        reason = _line_with(stderr, *unreachable)
+        reason = line_with(stderr, *unreachable)
         if reason:
             return BuildError(
                 f"validate: {label} is unreachable ({reason})",
@@ -281,22 +282,3 @@ def _untar(data: bytes, folder: Path, names: tuple[str, ...], label: str) -> Non
             f"validate: {label} sent back no {' and '.join(names)} ({type(e).__name__}: {e})",
             hint="something on the board may print to stdout in non-interactive shells (check its ~/.bashrc)",
         ) from None
-
-
-def _last_line(text: str, limit: int = 200) -> str:
-    """The last non-empty line of ``text``, cut to ``limit`` characters."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _cut(lines[-1], limit) if lines else ""
-
-
-def _line_with(text: str, *needles: str, limit: int = 200) -> str:
-    """The first line of ``text`` holding one of ``needles``, cut to ``limit`` characters; "" if none does."""
-    for line in text.splitlines():
-        if any(needle in line for needle in needles):
-            return _cut(line.strip(), limit)
-    return ""
-
-
-def _cut(line: str, limit: int) -> str:
-    """``line`` cut to ``limit`` characters."""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
