@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from edgebuild.errors import BuildError
-from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.arm64_root import MARKER, default_root, is_ready, setup_root
+from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.qemu_arm64 import QemuArm64
 from edgebuild.stages.validate import compare_outputs
 from edgebuild.tf import keras, seed_everything
@@ -121,7 +121,7 @@ def test_runs_on_emulated_arm64_and_reference_kernels_match_the_host(qemu_root: 
     # arm64 XNNPACK vs the host's: judged by top-1 agreement, not by LSB (the kernels, chosen by
     # CPU, round differently and the differences grow through the layers).
     differences = compare_outputs(result.outputs, host_default)
-    assert differences["top1_agreement"] >= 0.9, differences
+    assert differences.top1_agreement >= 0.9, differences
 
     start = time.perf_counter()
     reference = runner.run(model, inputs, reference=True)

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgebuild.errors import ConfigError, EdgebuildError
 from edgebuild.devices import DeviceSpec
+from edgebuild.errors import ConfigError, EdgebuildError
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.ssh import CONFIG_ENV, PYTHON_ENV, SshDevice
 from edgebuild.stages.validate import compare_outputs
@@ -257,7 +257,7 @@ def test_reference_kernels_on_the_board_match_the_host_bit_for_bit(
     # kernels, not by LSB (1-LSB roundings grow through the layers by model-dependent amounts).
     default = device.run(model, inputs)
     assert default.extra["kernels"] == "default"
-    assert compare_outputs(default.outputs, on_host.outputs)["top1_agreement"] >= 0.9
+    assert compare_outputs(default.outputs, on_host.outputs).top1_agreement >= 0.9
     assert list(board.tmp["board"].iterdir()) == []  # the board's run folders are gone
 
 
