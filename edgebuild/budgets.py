@@ -36,11 +36,19 @@ def check_budgets(ctx: BuildContext) -> tuple[Budget, ...]:
     return tuple(checked)
 
 
+def _bytes(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.2f}%"
+
+
 def budget_table(budgets: Iterable[Budget]) -> str:
     """A plain-text table of budgets: name, limit, actual, margin, status."""
     rows = [("budget", "limit", "actual", "margin", "")]
     for b in budgets:
-        fmt = (lambda v: f"{v:,.0f}") if b.unit == "bytes" else (lambda v: f"{v * 100:.2f}%")
+        fmt = _bytes if b.unit == "bytes" else _percent
         sign = "<=" if b.kind == "max" else ">="
         rows.append((b.name, f"{sign} {fmt(b.limit)}", fmt(b.actual), fmt(b.margin), "ok" if b.ok else "MISSED"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -148,7 +148,7 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags
 @click.version_option(__version__, prog_name="edgebuild")
 @click.pass_context
 def cli(
-    ctx: click.Context, target: str | None, recipe: str | None, out: Path | None, quiet: bool, **flags: Any
+    ctx: click.Context, /, target: str | None, recipe: str | None, out: Path | None, quiet: bool, **flags: Any
 ) -> None:
     """Build, compress, convert and validate a model for an edge device.
 

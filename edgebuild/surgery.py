@@ -209,7 +209,7 @@ def _taylor_scores(model: Any, producers: list[str], x: np.ndarray, y: np.ndarra
 
 def _sliced_weights(graph: _Graph, layer: Any, keep: dict[int, np.ndarray]) -> list[np.ndarray]:
     kind = type(layer).__name__
-    weights = layer.get_weights()
+    weights: list[np.ndarray] = layer.get_weights()
     if not weights:
         return weights
     space = graph.find(graph.space_of[layer.name])

@@ -106,7 +106,7 @@ def _distiller(student: Any, temperature: float, alpha: float) -> Any:
     k, t = keras(), tf()
     student_logits = logits_model(student)
 
-    class Distiller(k.Model):  # type: ignore[name-defined]
+    class Distiller(k.Model):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.student = student
@@ -178,7 +178,7 @@ def fit_model(
     diverged: list[int] = []
     with reporter.epochs(what, epochs) as bar:
 
-        class _Progress(k.callbacks.Callback):  # type: ignore[name-defined]
+        class _Progress(k.callbacks.Callback):  # type: ignore[name-defined,misc]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
                 metrics = {key: float(v) for key, v in (logs or {}).items()}
                 bar.advance(metrics)
