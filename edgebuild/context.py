@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,14 @@ from edgebuild.progress import Reporter
 from edgebuild.results import Artifact, Budget, Conversion, Costs, Firmware, NpuEstimate, Pruning, Teacher, Validation
 from edgebuild.schema import Recipe, Sparsity, Target
 from edgebuild.training import SoftTargets
+
+T = TypeVar("T")
+
+
+def _present(value: T | None, why: str) -> T:
+    """``value``, which an earlier stage must have set (``why`` says which): a stage run out of order fails loudly."""
+    assert value is not None, why
+    return value
 
 
 @dataclass
@@ -58,8 +66,10 @@ class BuildContext:
     deploy_tflite: bytes = b""  # vela: what ships (the converted model, or Vela's for an NPU)
     firmware_model: FirmwareModel | None = None  # emit
 
-    # what the stages measured
+    # what the stages measured, in pipeline order
     teacher_facts: Teacher | None = None
+    stage_accuracy: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, Costs] = field(default_factory=dict)  # each stage's model, by stage ("artifact" for validate)
     pruning: Pruning | None = None
     conversion: Conversion | None = None
     artifact_facts: Artifact | None = None
@@ -67,8 +77,6 @@ class BuildContext:
     npu: NpuEstimate | None = None
     firmware: Firmware | None = None
     budgets: tuple[Budget, ...] = ()
-    stage_accuracy: dict[str, float] = field(default_factory=dict)
-    costs: dict[str, Costs] = field(default_factory=dict)  # each stage's model, by stage ("artifact" for validate)
 
     # the driver and report
     report: dict[str, Any] = field(default_factory=dict)
@@ -77,23 +85,19 @@ class BuildContext:
 
     @property
     def data(self) -> Dataset:
-        assert self.dataset is not None, "preflight loads the dataset"
-        return self.dataset
+        return _present(self.dataset, "preflight loads the dataset")
 
     @property
     def teacher(self) -> Teacher:
-        assert self.teacher_facts is not None, "baseline measures the teacher"
-        return self.teacher_facts
+        return _present(self.teacher_facts, "baseline measures the teacher")
 
     @property
     def artifact(self) -> Artifact:
-        assert self.artifact_facts is not None, "validate measures the artifact"
-        return self.artifact_facts
+        return _present(self.artifact_facts, "validate measures the artifact")
 
     @property
     def validation(self) -> Validation:
-        assert self.validation_facts is not None, "validate runs the artifact"
-        return self.validation_facts
+        return _present(self.validation_facts, "validate runs the artifact")
 
     @property
     def pruned_structure(self) -> str:

@@ -132,19 +132,15 @@ class DeviceRun:
 
 
 @dataclass(frozen=True)
-class Validation:
-    """The artifact on the target's runner against LiteRT's reference kernels (validate)."""
+class Validation(Comparison):
+    """The artifact on the target's runner against LiteRT's reference kernels (validate): the
+    comparison end to end, op by op, and on ``--device``."""
 
     runner: str
     device: str
     emulated: bool
     reference: str
     test_samples: int
-    compared_outputs: int
-    mismatched_outputs: int
-    max_lsb_diff: int | None
-    max_abs_diff: float
-    top1_agreement: float
     latency: dict[str, float]
     ops: tuple[OpCheck, ...] = ()
     max_op_lsb_diff: int | None = None

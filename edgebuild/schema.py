@@ -55,6 +55,12 @@ def _check_range(key: str, value: Any, bounds: Any) -> None:
         raise _Invalid(key, f"{value!r} is out of range; expected {' and '.join(filter(None, [low, high]))}")
 
 
+def _check_known(key: str, what: str, name: str, known: typing.Iterable[str]) -> None:
+    """_Invalid naming the nearest known name when ``name`` is not one of ``known``."""
+    if name not in known:
+        raise _Invalid(key, f"unknown {what} {name!r}", _suggest(name, known, f"{what}s"))
+
+
 class _Checked:
     """Every config table: its fields' ranges and its cross-field rules (``_check``) hold from construction on."""
 
@@ -117,12 +123,7 @@ class Sparsity(_Checked):
         if self.structure == "2:4" and self.target not in (0.0, 0.5):
             raise _Invalid("sparsity.target", "2:4 sparsity removes exactly half the weights", "set target = 0.5")
         for structure in self.exploitable:
-            if structure not in SPARSITY_WHY_NOT:
-                raise _Invalid(
-                    "sparsity.exploitable",
-                    f"unknown structure {structure!r}",
-                    _suggest(structure, SPARSITY_WHY_NOT, "structures"),
-                )
+            _check_known("sparsity.exploitable", "structure", structure, SPARSITY_WHY_NOT)
 
 
 @dataclass(frozen=True)
@@ -283,12 +284,8 @@ class ModelSpec(_Checked):
                 "give exactly one of model.architecture and model.path",
                 f"architectures: {', '.join(BUILTIN_ARCHITECTURES)}; or a .keras / .h5 / SavedModel path",
             )
-        if self.architecture is not None and self.architecture not in BUILTIN_ARCHITECTURES:
-            raise _Invalid(
-                "model.architecture",
-                f"unknown architecture {self.architecture!r}",
-                _suggest(self.architecture, BUILTIN_ARCHITECTURES, "architectures"),
-            )
+        if self.architecture is not None:
+            _check_known("model.architecture", "architecture", self.architecture, BUILTIN_ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -314,12 +311,8 @@ class Distill(_Checked):
 
     def _check(self) -> None:
         arch = self.student_architecture
-        if arch is not None and arch not in BUILTIN_ARCHITECTURES:
-            raise _Invalid(
-                "distill.student_architecture",
-                f"unknown architecture {arch!r}",
-                _suggest(arch, BUILTIN_ARCHITECTURES, "architectures"),
-            )
+        if arch is not None:
+            _check_known("distill.student_architecture", "architecture", arch, BUILTIN_ARCHITECTURES)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import platform
-import time
 
 import numpy as np
 
 from edgebuild.runners import OUTPUTS, REFERENCE, RunResult
+from edgebuild.runners.device_script import run_inputs
 from edgebuild.tflite import make_interpreter
 
 
@@ -25,19 +25,10 @@ class LiteRTHost:
         """Run every input; returns the first output tensor per input. Raises BuildError on load."""
         reference = reference or self.reference
         interpreter = make_interpreter(model, reference=reference, threads=self.threads)
-        input_index = interpreter.get_input_details()[0]["index"]
-        output_index = interpreter.get_output_details()[0]["index"]
-        outputs = []
-        latency_ms = []
-        for sample in inputs:
-            interpreter.set_tensor(input_index, sample[None])
-            start = time.perf_counter()
-            interpreter.invoke()
-            latency_ms.append((time.perf_counter() - start) * 1000.0)
-            outputs.append(interpreter.get_tensor(output_index)[0].copy())
+        outputs, latency_ms = run_inputs(interpreter, inputs)
         kernels = "reference kernels" if reference else "default kernels"
         return RunResult(
-            outputs=np.stack(outputs),
+            outputs=outputs,
             latency_ms=latency_ms,
             device=f"host {platform.machine()} LiteRT, {kernels}, {self.threads} thread(s)",
         )

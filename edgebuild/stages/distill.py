@@ -16,7 +16,8 @@ from edgebuild.context import BuildContext
 from edgebuild.costs import keras_costs
 from edgebuild.models import build_model
 from edgebuild.results import StageResult, skipped
-from edgebuild.training import SoftTargets, accuracy, fit_model, teacher_logits, weights_from, weights_of
+from edgebuild.stages.tuning import fine_tune
+from edgebuild.training import SoftTargets, accuracy, teacher_logits, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -28,18 +29,8 @@ def run(ctx: BuildContext) -> StageResult:
     data = ctx.data
     ctx.soft_targets = SoftTargets(teacher_logits(ctx.teacher_model, ctx.x_fit), plan.temperature, plan.alpha)
     student = _student(ctx)
-    fit_model(
-        student,
-        ctx.x_fit,
-        ctx.y_fit,
-        epochs=plan.epochs,
-        batch_size=ctx.recipe.train.batch_size,
-        learning_rate=plan.learning_rate or ctx.recipe.train.learning_rate,
-        seed=ctx.recipe.seed + 1,
-        reporter=ctx.reporter,
-        what="distill student",
-        teacher=ctx.soft_targets,
-    )
+    learning_rate = plan.learning_rate or ctx.recipe.train.learning_rate
+    fine_tune(ctx, student, epochs=plan.epochs, learning_rate=learning_rate, seed_offset=1, what="distill student")
     ctx.model = student
     ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test, "the distilled student")
     ctx.costs["distill"] = keras_costs(student, ctx.x_fit[0])

@@ -20,9 +20,10 @@ from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import keras_costs
 from edgebuild.results import Pruning, StageResult, from_json, skipped, to_json
+from edgebuild.stages.tuning import fine_tune
 from edgebuild.surgery import LayerChannels, producer_channels, prune_channels
 from edgebuild.tf import keras, tfmot
-from edgebuild.training import accuracy, fit_model, weights_from, weights_of
+from edgebuild.training import accuracy, weights_from, weights_of
 
 
 def keras_sparsity(model: object) -> float:
@@ -52,19 +53,8 @@ def run(ctx: BuildContext) -> StageResult:
 def _fine_tune(ctx: BuildContext, model: Any, epochs: int, what: str, callbacks: tuple[Any, ...] = ()) -> None:
     plan = ctx.recipe.prune
     assert plan is not None
-    fit_model(
-        model,
-        ctx.x_fit,
-        ctx.y_fit,
-        epochs=epochs,
-        batch_size=ctx.recipe.train.batch_size,
-        learning_rate=plan.learning_rate or ctx.recipe.train.learning_rate,
-        seed=ctx.recipe.seed + 2,
-        reporter=ctx.reporter,
-        what=what,
-        teacher=ctx.soft_targets,
-        callbacks=callbacks,
-    )
+    learning_rate = plan.learning_rate or ctx.recipe.train.learning_rate
+    fine_tune(ctx, model, epochs=epochs, learning_rate=learning_rate, seed_offset=2, what=what, callbacks=callbacks)
 
 
 def _prune_magnitude(ctx: BuildContext) -> str:

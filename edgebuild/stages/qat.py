@@ -14,8 +14,9 @@ import numpy as np
 from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.results import StageResult, skipped
+from edgebuild.stages.tuning import fine_tune
 from edgebuild.tf import keras, tfmot
-from edgebuild.training import accuracy, fit_model, weights_from, weights_of
+from edgebuild.training import accuracy, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -26,17 +27,14 @@ def run(ctx: BuildContext) -> StageResult:
         return skipped(f"the target's precision is {ctx.target.precision.mode}, QAT is for full-integer int8")
     qat_model = _fake_quantized(ctx)
     calibrate_ranges(qat_model, ctx.model, ctx.x_fit)
-    fit_model(
+    learning_rate = plan.learning_rate or ctx.recipe.train.learning_rate / 10
+    fine_tune(
+        ctx,
         qat_model,
-        ctx.x_fit,
-        ctx.y_fit,
         epochs=plan.epochs,
-        batch_size=ctx.recipe.train.batch_size,
-        learning_rate=plan.learning_rate or ctx.recipe.train.learning_rate / 10,
-        seed=ctx.recipe.seed + 3,
-        reporter=ctx.reporter,
+        learning_rate=learning_rate,
+        seed_offset=3,
         what="quantization-aware training",
-        teacher=ctx.soft_targets,
     )
     ctx.qat_model = qat_model
     ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test, "the quantization-aware model")

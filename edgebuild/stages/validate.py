@@ -128,16 +128,12 @@ def run(ctx: BuildContext) -> StageResult:
         tflite_costs(ctx.tflite, data.x_test[0], arena=False), arena_bytes=arena, accuracy=host_accuracy
     )
     ctx.validation_facts = Validation(
+        **dataclasses.asdict(differences),
         runner=target.validate.runner,
         device=result.device,
         emulated=result.emulated,
         reference=reference.device,
         test_samples=len(x),
-        compared_outputs=differences.compared_outputs,
-        mismatched_outputs=differences.mismatched_outputs,
-        max_lsb_diff=differences.max_lsb_diff,
-        max_abs_diff=differences.max_abs_diff,
-        top1_agreement=differences.top1_agreement,
         latency=result.latency_summary(),
         ops=ops,
         max_op_lsb_diff=max((r.max_own_lsb for r in ops), default=0) if integer else None,
