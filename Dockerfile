@@ -1,4 +1,4 @@
-# edgebuild in a container: the pinned Python stack, the arm toolchain, qemu-user, g++ and cmake.
+# edgebuild in a container: the pinned Python stack, the arm and RISC-V toolchains, qemu-user, g++ and cmake.
 #
 #   docker build -t edgebuild .
 #   docker run --rm -v "$PWD:/work" edgebuild --target rpi4
@@ -15,12 +15,14 @@ FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 # python3-venv: the interpreter edgebuild runs on. g++, cmake, make: edgebuild's link stage
 # compiles the generated C/C++ with the host compilers. gcc-arm-none-eabi, libnewlib-arm-none-eabi:
-# the Cortex-M compile and link check. qemu-user-static: runs arm64 programs (emulated runners).
+# the Cortex-M compile and link check; gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf: the same
+# for RISC-V microcontrollers (esp32-c3). qemu-user-static: runs arm64 programs (emulated runners).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates python3 python3-venv \
       g++ cmake make \
       gcc-arm-none-eabi libnewlib-arm-none-eabi \
+      gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf \
       qemu-user-static \
  && rm -rf /var/lib/apt/lists/*
 

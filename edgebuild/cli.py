@@ -103,6 +103,7 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags
     from edgebuild.pipeline import BuildOptions, build_in
     from edgebuild.progress import Reporter
     from edgebuild.results import Budget, from_json
+    from edgebuild.tasks import describe
 
     project = Path.cwd()
     options = BuildOptions(
@@ -134,8 +135,8 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags
     arena = f", arena {artifact['arena_bytes']:,} B" if artifact.get("arena_bytes") else ""
     click.echo(
         f"built {names} in {built.out}: model.tflite "
-        f"{artifact['tflite_bytes']:,} B {artifact['precision']}{arena}, accuracy {artifact['accuracy']:.2%} "
-        f"(float {report['teacher']['accuracy']:.2%}), sparsity {artifact['sparsity']:.1%}, all budgets met"
+        f"{artifact['tflite_bytes']:,} B {artifact['precision']}{arena}, {describe(artifact['metrics'])} "
+        f"(float {describe(report['teacher']['metrics'])}), sparsity {artifact['sparsity']:.1%}, all budgets met"
     )
 
 

@@ -19,7 +19,8 @@ from edgebuild.firmware import FirmwareModel
 from edgebuild.progress import Reporter
 from edgebuild.results import Artifact, Budget, Conversion, Costs, Firmware, NpuEstimate, Pruning, Teacher, Validation
 from edgebuild.schema import Recipe, Sparsity, Target
-from edgebuild.training import SoftTargets
+from edgebuild.tasks import Metric, headline
+from edgebuild.training import SoftTargets, evaluate_model
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ class BuildContext:
 
     # what the stages measured, in pipeline order
     teacher_facts: Teacher | None = None
-    stage_accuracy: dict[str, float] = field(default_factory=dict)
+    stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # on the test split, by stage
     costs: dict[str, Costs] = field(default_factory=dict)  # each stage's model, by stage ("artifact" for validate)
     pruning: Pruning | None = None
     conversion: Conversion | None = None
@@ -98,6 +99,16 @@ class BuildContext:
     @property
     def validation(self) -> Validation:
         return _present(self.validation_facts, "validate runs the artifact")
+
+    @property
+    def headline(self) -> Metric:
+        """The task's metric that budgets and choices use."""
+        return headline(self.recipe.task, self.data.anomaly_test is not None)
+
+    def score(self, model: Any, what: str) -> dict[str, float]:
+        """The task's metrics of a Keras model on the test split (BuildError for a dead model)."""
+        data = self.data
+        return evaluate_model(model, data.x_test, data.y_test, data.task, what, data.anomaly_test)
 
     @property
     def pruned_structure(self) -> str:

@@ -105,6 +105,9 @@ class FirmwareModel:
     outputs: list[dict[str, Any]]
     labels: tuple[str, ...]
     ops: list[str]  # in order of first use
+    task: str = "classification"
+    trained_range: tuple[float, float] | None = None  # the float inputs the model was trained on: min, max
+    anomaly_threshold: float | None = None  # reconstruction: the error above which a sample is anomalous
 
     @property
     def arena_with_margin(self) -> int | None:
@@ -175,6 +178,28 @@ def _helpers(prefix: str, macro: str, model: FirmwareModel) -> list[str]:
     return lines
 
 
+def _task_macros(macro: str, model: FirmwareModel) -> list[str]:
+    """The class count, or the task and its contract: the trained input range and the anomaly threshold."""
+    if model.task == "classification" and model.trained_range is None:
+        return [f"#define {macro}_NUM_LABELS {len(model.labels)}", ""]
+    lines = [f"#define {macro}_TASK {c_string(model.task)}"]
+    if model.labels:
+        lines.append(f"#define {macro}_NUM_LABELS {len(model.labels)}")
+    if model.trained_range is not None:
+        low, high = model.trained_range
+        lines += [
+            "/* The float input range the model was trained on: inputs far outside it give unreliable outputs. */",
+            f"#define {macro}_INPUT_TRAINED_MIN {c_float(low)}",
+            f"#define {macro}_INPUT_TRAINED_MAX {c_float(high)}",
+        ]
+    if model.anomaly_threshold is not None:
+        lines += [
+            "/* Anomalous when the mean squared difference of the dequantized output and the input is above this. */",
+            f"#define {macro}_ANOMALY_THRESHOLD {c_float(model.anomaly_threshold)}",
+        ]
+    return [*lines, ""]
+
+
 def _arena_macros(macro: str, model: FirmwareModel) -> list[str]:
     if model.arena_bytes is None:
         return []
@@ -210,11 +235,10 @@ def model_header(model: FirmwareModel) -> str:
         "",
         *_tensor_macros(m, "OUTPUT", model.outputs[0]),
         "",
-        f"#define {m}_NUM_LABELS {len(model.labels)}",
-        "",
+        *_task_macros(m, model),
         f"extern const unsigned char g_{p}_model_data[];",
         f"extern const unsigned int g_{p}_model_data_len;",
-        f"extern const char* const g_{p}_labels[{m}_NUM_LABELS];",
+        *([f"extern const char* const g_{p}_labels[{m}_NUM_LABELS];"] if model.labels else []),
         "",
         *_helpers(p, m, model),
         "#ifdef __cplusplus",
@@ -255,10 +279,7 @@ def model_source(model: FirmwareModel) -> str:
             "};",
             f"const unsigned int g_{p}_model_data_len = {m}_MODEL_BYTES;",
             "",
-            f"const char* const g_{p}_labels[{m}_NUM_LABELS] = {{",
-            labels,
-            "};",
-            "",
+            *([f"const char* const g_{p}_labels[{m}_NUM_LABELS] = {{", labels, "};", ""] if model.labels else []),
             "#ifdef __cplusplus",
             "}",
             "#endif",

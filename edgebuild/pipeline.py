@@ -127,7 +127,7 @@ def _run_stage(ctx: BuildContext, stage: Stage, plan: dict[str, tuple[str, Entry
     """Run a stage, or restore its result from the cache; store what a cached stage computed.
 
     Besides the stage's own facts, an entry keeps what the stage added to
-    ``ctx.stage_accuracy`` and ``ctx.costs``.
+    ``ctx.stage_metrics`` and ``ctx.costs``.
     """
     if stage.cache is None:
         return stage.run(ctx).summary
@@ -137,16 +137,16 @@ def _run_stage(ctx: BuildContext, stage: Stage, plan: dict[str, tuple[str, Entry
             later = STAGES[STAGES.index(stage) + 1 :]
             need_model = any(s.trains and plan[s.name][1] is None for s in later)
             stage.cache.restore(ctx, entry, need_model)
-        ctx.stage_accuracy.update(entry.meta["stage_accuracy"])
+        ctx.stage_metrics.update(entry.meta["stage_metrics"])
         ctx.costs.update({name: from_json(Costs, costs) for name, costs in entry.meta["costs"].items()})
         return f"{entry.meta['summary']} (cached)"
-    accuracies, costs = set(ctx.stage_accuracy), set(ctx.costs)
+    metrics, costs = set(ctx.stage_metrics), set(ctx.costs)
     result = stage.run(ctx)
     arrays, meta = ({}, {}) if result.skipped else stage.cache.save(ctx)
     meta.update(
         summary=result.summary,
         skipped=result.skipped,
-        stage_accuracy={k: v for k, v in ctx.stage_accuracy.items() if k not in accuracies},
+        stage_metrics={k: v for k, v in ctx.stage_metrics.items() if k not in metrics},
         costs={k: to_json(v) for k, v in ctx.costs.items() if k not in costs},
     )
     cache.store(key, arrays, meta)

@@ -38,9 +38,10 @@ def skipped(reason: str) -> StageResult:
 class Teacher:
     """The float model every budget is measured against (baseline)."""
 
-    accuracy: float
+    accuracy: float | None  # classification only
     tflite_bytes: int
     parameters: int
+    metrics: dict[str, float]  # the task's metrics on the test split
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,25 @@ class Conversion:
 
 
 @dataclass(frozen=True)
-class Artifact:
-    """The validated model's facts (validate); ``accuracy`` is the device's when a device measured it."""
+class InputContract:
+    """What the model expects as input: the float data it was trained on, per channel (last axis) and in
+    all, and the float range its quantized input can represent (None for a float input)."""
 
-    accuracy: float
+    channel_min: tuple[float, ...]
+    channel_max: tuple[float, ...]
+    channel_mean: tuple[float, ...]
+    trained_min: float
+    trained_max: float
+    quantized_min: float | None
+    quantized_max: float | None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The validated model's facts (validate); ``accuracy`` and ``metrics`` are the device's when a
+    device measured them (the host's are kept beside them then)."""
+
+    accuracy: float | None  # classification only
     tflite_bytes: int
     sha256: str
     precision: str
@@ -91,7 +107,13 @@ class Artifact:
     ops: dict[str, int]
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the task's metrics on the test split
     host_accuracy: float | None = None  # the host's, when a device measured ``accuracy``
+    host_metrics: dict[str, float] | None = None  # the host's, when a device measured ``metrics``
+    anomaly_threshold: float | None = None  # reconstruction: the error above which a sample is anomalous
+    per_class_accuracy: dict[str, float] | None = None  # classification, on the test split (host)
+    confusion_matrix: tuple[tuple[int, ...], ...] | None = None  # classification: rows true, columns predicted
+    input_contract: InputContract | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +148,8 @@ class DeviceRun:
     latency: dict[str, float]
     latency_note: str
     peak_memory_bytes: int | None
-    accuracy: float | None  # None where the runner measures latency only
+    accuracy: float | None  # None where the runner measures latency only, or the task is not classification
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # {} where the runner measures latency only
     vs_host_reference: Comparison | None = None
     reference_kernels_vs_host: Comparison | None = None
 

@@ -23,10 +23,23 @@ from typing import Any, Literal
 
 from edgebuild.errors import ConfigError
 from edgebuild.files import check_path_text, read_limited
-from edgebuild.support import PRECISION_FOR_RUNTIME, RUNNER_FOR_RUNTIME, SPARSITY_WHY_NOT
+from edgebuild.support import (
+    MACHINE_KEYS,
+    PRECISION_FOR_RUNTIME,
+    RUNNER_FOR_RUNTIME,
+    SPARSITY_WHY_NOT,
+    TOOLCHAINS,
+    Toolchain,
+)
 
-BUILTIN_ARCHITECTURES = ("small_cnn", "ds_cnn", "mlp")
-BUILTIN_DATASETS = ("mnist", "digits")
+BUILTIN_ARCHITECTURES = ("small_cnn", "ds_cnn", "mlp", "autoencoder")
+# Each built-in dataset and the task it is for.
+BUILTIN_DATASETS = {
+    "mnist": "classification",
+    "digits": "classification",
+    "diabetes": "regression",
+    "digits-anomaly": "reconstruction",
+}
 MAX_TOML_BYTES = 1_000_000
 
 
@@ -111,13 +124,15 @@ class Sparsity(_Checked):
     """How much pruning removes, in which pattern, and which patterns this runtime turns into savings.
 
     ``target`` is the fraction of weights zeroed (unstructured, 2:4) or of channels
-    removed (channel). ``exploitable`` lists the structures the runtime cashes in;
+    removed (channel) when the recipe prunes; a recipe without [prune] builds unpruned
+    unless ``required``. ``exploitable`` lists the structures the runtime cashes in;
     preflight refuses any other (or converts it to channel pruning on request).
     """
 
     target: float = field(default=0.0, metadata=_range(0.0, 0.95))
     structure: Literal["unstructured", "2:4", "channel"] = "channel"
     exploitable: tuple[str, ...] = ("channel",)
+    required: bool = False  # refuse recipes without [prune] (a device that needs the savings)
 
     def _check(self) -> None:
         if self.structure == "2:4" and self.target not in (0.0, 0.5):
@@ -130,9 +145,23 @@ class Sparsity(_Checked):
 class Budgets(_Checked):
     """Limits the built artifact must meet; a miss fails the build with exit code 3."""
 
-    max_accuracy_drop: float = field(metadata=_range(0.0, 1.0))
+    max_accuracy_drop: float = field(metadata=_range(0.0, 1.0))  # classification, vs the float model
     model_bytes: int | None = field(default=None, metadata=_range(1))
     arena_bytes: int | None = field(default=None, metadata=_range(1))
+    max_auc_drop: float = field(default=0.01, metadata=_range(0.0, 1.0))  # reconstruction with anomaly labels
+
+
+@dataclass(frozen=True)
+class TaskBudgets(_Checked):
+    """A recipe's budgets on metrics in its own data's units (a target cannot know them).
+
+    ``max_mae_increase``: regression, in the units of ``y``. ``max_mse_increase``:
+    reconstruction, in the squared units of ``x`` (needed when the test split has no
+    anomaly labels; with labels the target's ``max_auc_drop`` holds as well).
+    """
+
+    max_mae_increase: float | None = field(default=None, metadata=_range(0.0))
+    max_mse_increase: float | None = field(default=None, metadata=_range(0.0))
 
 
 @dataclass(frozen=True)
@@ -143,7 +172,7 @@ class Memory(_Checked):
     the application, stack and heap) when the linker checks that the model fits.
     """
 
-    # A Cortex-M addresses 4 GiB in all: larger sizes are typos, and the linker refuses them.
+    # A 32-bit microcontroller addresses 4 GiB in all: larger sizes are typos, and the linker refuses them.
     flash_bytes: int = field(metadata=_range(1, 2**32))
     ram_bytes: int = field(metadata=_range(1, 2**32))
     flash_origin: int = field(default=0x0800_0000, metadata=_range(0, 2**32 - 1))
@@ -160,19 +189,37 @@ class Memory(_Checked):
 
 @dataclass(frozen=True)
 class Firmware(_Checked):
-    """How the model lands in a microcontroller firmware."""
+    """How the model lands in a microcontroller firmware, and the compiler family that builds it.
+
+    The machine flags come from the family's keys (``support.TOOLCHAINS``): arm takes the
+    target's ``cpu`` (``-mcpu``) and ``fpu``; RISC-V takes ``arch`` and ``abi``.
+    """
 
     section: str = ""  # linker section for the model array, e.g. ".rodata.model" ("" = the default)
     arena_margin: float = field(default=0.1, metadata=_range(0.0, 4.0))  # added to the measured arena
+    toolchain: str = "arm-none-eabi"  # the compiler family, a key of support.TOOLCHAINS
     fpu: str = ""  # -mfpu for the arm toolchain ("" = no FPU flags)
+    arch: str = ""  # -march for RISC-V, e.g. rv32imc
+    abi: str = ""  # -mabi for RISC-V, e.g. ilp32
 
     def _check(self) -> None:
         if not re.fullmatch(r"[.A-Za-z0-9_]*", self.section):
             raise _Invalid(
                 "firmware.section", f"{self.section!r} is not a linker section name", "use letters, digits, . and _"
             )
-        if not re.fullmatch(r"[a-z0-9-]*", self.fpu):
-            raise _Invalid("firmware.fpu", f"{self.fpu!r} is not an -mfpu value", "e.g. fpv4-sp-d16")
+        _check_known("firmware.toolchain", "toolchain", self.toolchain, TOOLCHAINS)
+        for key in ("fpu", "arch", "abi"):
+            value = getattr(self, key)
+            if not re.fullmatch(r"[a-z0-9_.+-]*", value):
+                raise _Invalid(
+                    f"firmware.{key}", f"{value!r} is not an -m{key} value", f"e.g. {MACHINE_KEYS['firmware.' + key]}"
+                )
+            if value and f"firmware.{key}" not in TOOLCHAINS[self.toolchain].keys:
+                raise _Invalid(
+                    f"firmware.{key}",
+                    f"the {self.toolchain} toolchain takes no -m{key}",
+                    f"its flags come from {', '.join(TOOLCHAINS[self.toolchain].keys)}; leave firmware.{key} out",
+                )
 
 
 @dataclass(frozen=True)
@@ -228,6 +275,16 @@ class Target(_Checked):
     npu: Npu | None = None
     source: str = field(default="", metadata={"internal": True})
 
+    @property
+    def toolchain(self) -> Toolchain:
+        """The compiler family that builds this target's firmware."""
+        return TOOLCHAINS[self.firmware.toolchain]
+
+    def machine_value(self, key: str) -> str:
+        """The value of one of ``MACHINE_KEYS``: ``cpu`` or a ``firmware.*`` key."""
+        assert key in MACHINE_KEYS, key
+        return self.cpu if key == "cpu" else str(getattr(self.firmware, key.removeprefix("firmware.")))
+
     def _check(self) -> None:
         if self.validate.runner not in RUNNER_FOR_RUNTIME[self.runtime]:
             raise _Invalid(
@@ -249,6 +306,9 @@ class Target(_Checked):
             )
         if self.runtime == "tflm" and self.memory is None:
             raise _Invalid("memory", "a TFLM target needs a [memory] table", "add flash_bytes and ram_bytes")
+        for key in self.toolchain.required if self.runtime == "tflm" else ():
+            if not self.machine_value(key).strip():
+                raise _Invalid(key, f"the {self.firmware.toolchain} toolchain needs {key}", f"e.g. {MACHINE_KEYS[key]}")
         if self.npu is not None and (self.runtime != "tflm" or self.precision.mode != "int8"):
             raise _Invalid("npu", "an Ethos-U NPU needs runtime = 'tflm' and full-integer int8 precision")
         if self.memory is not None:
@@ -356,8 +416,10 @@ class Recipe(_Checked):
     dataset: str
     model: ModelSpec
     description: str = ""
+    task: Literal["classification", "regression", "reconstruction"] = "classification"
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     train: Train = Train()
+    budgets: TaskBudgets = TaskBudgets()
     distill: Distill | None = None
     prune: Prune | None = None
     qat: Qat | None = None
@@ -367,6 +429,18 @@ class Recipe(_Checked):
     def _check(self) -> None:
         if not self.name.strip():
             raise _Invalid("name", "the recipe name is empty")
+        if self.dataset in BUILTIN_DATASETS and BUILTIN_DATASETS[self.dataset] != self.task:
+            raise _Invalid(
+                "task",
+                f"the {self.dataset} dataset is for {BUILTIN_DATASETS[self.dataset]}, not {self.task}",
+                f"set task = '{BUILTIN_DATASETS[self.dataset]}', or use a dataset for {self.task}",
+            )
+        if self.task == "regression" and self.budgets.max_mae_increase is None:
+            raise _Invalid(
+                "budgets.max_mae_increase",
+                "a regression recipe needs a budget on how much the MAE may grow, in the units of y",
+                "add [budgets] max_mae_increase = ...",
+            )
         kind, _, arg = self.dataset.partition(":")
         if not ((self.dataset in BUILTIN_DATASETS) or (kind == "npz" and arg)):
             raise _Invalid(

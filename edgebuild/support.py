@@ -1,11 +1,12 @@
 """What each runtime supports, in one table that schema, preflight, inspect, vela and firmware read.
 
-A new runtime or NPU is a new row here, not a new check in every module.
+A new runtime, NPU or compiler family is a new row here, not a new check in every module.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 # The host runner that validates each runtime's artifacts.
 RUNNER_FOR_RUNTIME = {"litert": ("litert-host",), "tflm": ("tflm-host",)}
@@ -38,3 +39,62 @@ _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
 def missing_ops(message: str) -> list[str]:
     """The builtin ops a TFLM error message says it has no kernel for, sorted, without repeats."""
     return sorted(set(_MISSING_OP.findall(message)))
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """A GCC cross-compiler family for microcontroller firmware; ``[firmware] toolchain`` names one.
+
+    ``flags`` are its machine flags as (template, profile key) pairs: ``{}`` is filled
+    with the key's value, a flag whose key is empty in the profile is left out, and a
+    flag with no key is always given. A profile must set the ``required`` keys and leave
+    empty the machine keys the family does not read (``MACHINE_KEYS``).
+    """
+
+    gcc: str  # the C compiler; the C++ compiler has the same name ending in g++
+    packages: tuple[str, ...]  # the Debian packages that install it and a C library for it
+    flags: tuple[tuple[str, str], ...]
+    required: tuple[str, ...]
+    c_library: tuple[str, ...] = ()  # compiler flags that find the C library's headers
+
+    @property
+    def gxx(self) -> str:
+        """The C++ compiler's name."""
+        return self.gcc.removesuffix("gcc") + "g++"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The profile keys its flags are made from."""
+        return tuple(dict.fromkeys(key for _, key in self.flags if key))
+
+    @property
+    def install(self) -> str:
+        """The command that installs it."""
+        return "apt-get install " + " ".join(self.packages)
+
+
+# The profile keys any family's machine flags may be made from, each with an example value.
+MACHINE_KEYS = {"cpu": "cortex-m4", "firmware.fpu": "fpv4-sp-d16", "firmware.arch": "rv32imc", "firmware.abi": "ilp32"}
+
+TOOLCHAINS = {
+    "arm-none-eabi": Toolchain(
+        gcc="arm-none-eabi-gcc",
+        packages=("gcc-arm-none-eabi", "libnewlib-arm-none-eabi"),
+        flags=(
+            ("-mcpu={}", "cpu"),
+            ("-mthumb", ""),
+            ("-mfloat-abi=hard", "firmware.fpu"),
+            ("-mfpu={}", "firmware.fpu"),
+        ),
+        required=("cpu",),
+    ),
+    # Debian's picolibc has no rv32imc library: GCC picks its rv32im one for -march=rv32imc
+    # (the same code without compressed instructions, which an rv32imc core runs).
+    "riscv64-unknown-elf": Toolchain(
+        gcc="riscv64-unknown-elf-gcc",
+        packages=("gcc-riscv64-unknown-elf", "picolibc-riscv64-unknown-elf"),
+        flags=(("-march={}", "firmware.arch"), ("-mabi={}", "firmware.abi")),
+        required=("firmware.arch", "firmware.abi"),
+        c_library=("--specs=picolibc.specs",),  # this gcc comes without a C library; picolibc's specs add it
+    ),
+}

@@ -9,9 +9,11 @@ space on; element-wise merges (Add, Multiply, ...) tie their inputs' spaces into
 one, so a residual block keeps matching channels; a Flatten feeding a Dense is
 followed through its spatial positions. A space is *frozen* when anything that
 cannot follow a channel change touches it (the model's input and output, Reshape,
-Concatenate, unknown layers). Each prunable space keeps its most important channels
-(by the L1 or L2 norm of the producing filters, or a first-order Taylor estimate),
-and the model is rebuilt with the surviving weights copied over.
+Concatenate, unknown layers); the producers of a space frozen by a layer other than
+the model's input or output are *skipped*, and the report says which layer stopped
+them. Each prunable space keeps its most important channels (by the L1 or L2 norm of
+the producing filters, or a first-order Taylor estimate), and the model is rebuilt
+with the surviving weights copied over.
 """
 
 from __future__ import annotations
@@ -48,28 +50,39 @@ _PASS_THROUGH = (
     "UpSampling2D",
     "DepthwiseConv2D",
 )
+# Keep their channels' width but compute across the channels: frozen, yet the model's output
+# still shows through them (a Dense before the output Softmax is not "skipped").
+_ACROSS_CHANNELS = ("Softmax", "LayerNormalization")
 _MERGE = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 _PRODUCERS = ("Conv2D", "Conv1D", "Dense")
 
 
 @dataclass
 class _Space:
-    """One channel space: who produces it, whether it may shrink, and which channels survive."""
+    """One channel space: who produces it, whether it may shrink, and why not.
+
+    ``interface``: the model's input or output needs these channels as they are.
+    ``blocker``: the first layer channel pruning cannot follow that touches the space.
+    """
 
     channels: int
     producers: list[str] = field(default_factory=list)
     frozen: bool = False
-    keep: np.ndarray | None = None
+    interface: bool = False
+    blocker: str | None = None
 
 
 @dataclass(frozen=True)
 class LayerChannels:
-    """A producing layer's output channels before and after pruning."""
+    """A producing layer's output channels before and after pruning; ``skipped`` names the layer
+    channel pruning could not follow that kept them all (None when pruned, or when the model's
+    input or output needs them)."""
 
     layer: str
     kind: str
     before: int
     after: int
+    skipped: str | None = None
 
 
 class _Graph:
@@ -83,7 +96,7 @@ class _Graph:
         self.spaces: list[_Space] = []
         self.parent: list[int] = []
         for tensor in model.inputs:  # a Sequential's InputLayer is not among its layers
-            self.space_of[tensor._keras_history.layer.name] = self._new(int(tensor.shape[-1]), frozen=True)
+            self.space_of[tensor._keras_history.layer.name] = self._new(int(tensor.shape[-1]), interface=True)
         for layer in model.layers:
             nodes = [n for n in layer._inbound_nodes if n.inbound_layers or type(layer).__name__ == "InputLayer"]
             if len(nodes) > 1:
@@ -94,10 +107,11 @@ class _Graph:
             self.inputs[layer.name] = [x.name for x in (inbound if isinstance(inbound, list) else [inbound])]
             self._assign(layer)
         for output in model.outputs:
-            self._freeze(self.space_of[output._keras_history.layer.name])
+            self._freeze(self.space_of[output._keras_history.layer.name], None)
 
-    def _new(self, channels: int, frozen: bool = False) -> int:
-        self.spaces.append(_Space(channels, frozen=frozen))
+    def _new(self, channels: int, *, interface: bool = False, blocker: str | None = None) -> int:
+        frozen = interface or blocker is not None
+        self.spaces.append(_Space(channels, frozen=frozen, interface=interface, blocker=blocker))
         self.parent.append(len(self.parent))
         return len(self.spaces) - 1
 
@@ -107,26 +121,37 @@ class _Graph:
             space = self.parent[space]
         return space
 
-    def _union(self, a: int, b: int) -> int:
+    def _union(self, a: int, b: int, merge: str) -> int:
         a, b = self.find(a), self.find(b)
         if a != b:
             self.parent[b] = a
-            self.spaces[a].producers += self.spaces[b].producers
-            self.spaces[a].frozen |= self.spaces[b].frozen
-            if self.spaces[a].channels != self.spaces[b].channels:
-                self.spaces[a].frozen = True
+            into, other = self.spaces[a], self.spaces[b]
+            into.producers += other.producers
+            into.frozen |= other.frozen
+            into.interface |= other.interface
+            into.blocker = into.blocker or other.blocker
+            if into.channels != other.channels:
+                into.frozen = True
+                into.blocker = into.blocker or f"{merge} (inputs of different widths)"
         return a
 
-    def _freeze(self, space: int) -> None:
-        self.spaces[self.find(space)].frozen = True
+    def _freeze(self, space: int, blocker: str | None) -> None:
+        """Freeze a space: for the model's input or output when ``blocker`` is None, else for that layer."""
+        frozen = self.spaces[self.find(space)]
+        frozen.frozen = True
+        if blocker is None:
+            frozen.interface = True
+        else:
+            frozen.blocker = frozen.blocker or blocker
         if space in self.flatten_of:
-            self._freeze(self.flatten_of[space][0])
+            self._freeze(self.flatten_of[space][0], blocker)
 
     def space(self, layer_name: str) -> _Space:
         return self.spaces[self.find(self.space_of[layer_name])]
 
     def _assign(self, layer: Any) -> None:
         kind = type(layer).__name__
+        here = f"{kind} {layer.name!r}"  # what a frozen space's producers are told stopped them
         config = layer.get_config()
         if config.get("data_format", "channels_last") != "channels_last" or config.get("axis", -1) not in (
             -1,
@@ -134,24 +159,28 @@ class _Graph:
             [len(layer.output_shape) - 1] if not isinstance(layer.output_shape, list) else None,
         ):
             kind = "unsupported"  # channels not on the last axis: leave this part of the model alone
+            here += " (channels not on the last axis)"
         sources = [self.space_of[name] for name in self.inputs[layer.name] if name in self.space_of]
         channels = int(layer.output_shape[-1]) if not isinstance(layer.output_shape, list) else 0
         if kind == "InputLayer":
-            self.space_of.setdefault(layer.name, self._new(channels, frozen=True))
+            self.space_of.setdefault(layer.name, self._new(channels, interface=True))
         elif kind in _PRODUCERS and len(sources) == 1 and getattr(layer, "groups", 1) == 1:
             space = self._new(channels)
             self.spaces[space].producers.append(layer.name)
             self.space_of[layer.name] = space
         elif kind == "DepthwiseConv2D" and layer.depth_multiplier != 1:
             for source in sources:
-                self._freeze(source)
-            self.space_of[layer.name] = self._new(channels, frozen=True)
+                self._freeze(source, f"{here} (depth_multiplier {layer.depth_multiplier})")
+            self.space_of[layer.name] = self._new(channels, blocker=here)
         elif kind in _PASS_THROUGH and len(sources) == 1:
+            self.space_of[layer.name] = sources[0]
+        elif kind in _ACROSS_CHANNELS and len(sources) == 1:
+            self._freeze(sources[0], here)
             self.space_of[layer.name] = sources[0]
         elif kind in _MERGE and sources:
             merged = sources[0]
             for source in sources[1:]:
-                merged = self._union(merged, source)
+                merged = self._union(merged, source, here)
             self.space_of[layer.name] = merged
         elif kind == "Flatten" and len(sources) == 1:
             in_shape = layer.input_shape
@@ -162,13 +191,13 @@ class _Graph:
             self.space_of[layer.name] = space
         else:
             for source in sources:
-                self._freeze(source)
-            self.space_of[layer.name] = self._new(channels, frozen=True)
+                self._freeze(source, here)
+            self.space_of[layer.name] = self._new(channels, blocker=here)
         if kind == "Flatten":
             return
         for source in sources:
             if source in self.flatten_of and kind != "Dense":
-                self._freeze(source)
+                self._freeze(source, f"{here} after a Flatten")
 
 
 def _kernel_out_axis(layer: Any) -> np.ndarray:
@@ -259,15 +288,7 @@ def prune_channels(
     Raises ConfigError when nothing in the model can be pruned.
     """
     graph = _Graph(model)
-    prunable = [
-        s
-        for s in {graph.find(i) for i in range(len(graph.spaces))}
-        if not graph.spaces[s].frozen and graph.spaces[s].producers
-    ]
-    if not prunable:
-        raise ConfigError(
-            "no layer of this model can lose channels (every channel reaches the output or a frozen layer)"
-        )
+    prunable = _prunable_spaces(graph)
     taylor: dict[str, np.ndarray] = {}
     if criterion == "taylor":
         if data is None:
@@ -304,11 +325,45 @@ def prune_channels(
             type(model.get_layer(name)).__name__,
             (original_channels or {}).get(name, int(model.get_layer(name).output_shape[-1])),
             int(rebuilt.get_layer(name).output_shape[-1]),
+            _skipped(graph.spaces[s]),
         )
         for s in sorted({graph.find(i) for i in range(len(graph.spaces))})
         for name in graph.spaces[s].producers
     ]
     return rebuilt, report
+
+
+def _skipped(space: _Space) -> str | None:
+    """The layer that kept a frozen space's channels whole, unless the model's input or output needs them."""
+    return space.blocker if space.frozen and not space.interface else None
+
+
+def _prunable_spaces(graph: _Graph) -> list[int]:
+    """The spaces channel pruning may shrink; ConfigError when there are none."""
+    roots = sorted({graph.find(i) for i in range(len(graph.spaces))})
+    prunable = [s for s in roots if not graph.spaces[s].frozen and graph.spaces[s].producers]
+    if not prunable:
+        raise ConfigError(
+            "no layer of this model can lose channels (every channel reaches the output or a frozen layer)"
+        )
+    return prunable
+
+
+def skipped_producers(model: Any) -> dict[str, str]:
+    """The Conv and Dense layers channel pruning will leave whole because it cannot follow a layer their
+    channels reach (Concatenate, Reshape, an unknown layer...): layer name -> that layer, as
+    ``"Concatenate 'concatenate'"``. The model's own output layer is not among them.
+
+    Raises ConfigError when no layer of the model can lose channels, or a layer is used twice.
+    """
+    graph = _Graph(model)
+    _prunable_spaces(graph)
+    producers = {name for space in graph.spaces for name in space.producers}
+    return {
+        layer.name: blocker
+        for layer in model.layers
+        if layer.name in producers and (blocker := _skipped(graph.space(layer.name))) is not None
+    }
 
 
 def producer_channels(model: Any) -> dict[str, int]:

@@ -113,6 +113,12 @@ class TensorInfo:
             return np.clip(q, info.min, info.max).astype(self.dtype)
         return x.astype(self.dtype)
 
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """This tensor's values as float32: dequantized when the tensor is integer."""
+        if self.dtype in ("int8", "uint8") and self.scale > 0:
+            return ((q.astype(np.float32) - self.zero_point) * self.scale).astype(np.float32)
+        return q.astype(np.float32)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

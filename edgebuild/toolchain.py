@@ -1,25 +1,29 @@
 """The real compilers: check the generated C and prove the model fits the device's memory map.
 
-The model array and a static tensor arena of the size the header asks for are
-linked, with placeholders for the flash and RAM the target reserves for everything
-else, against a linker script made from the profile's FLASH and RAM regions; the
-linker's own ``--print-memory-usage`` table is the answer.
+The target's compiler family (``[firmware] toolchain``: arm-none-eabi, riscv64-unknown-elf)
+comes from ``support.TOOLCHAINS``. Preflight asks that compiler whether it takes the
+profile's machine flags before any training. The model array and a static tensor arena
+of the size the header asks for are linked, with placeholders for the flash and RAM the
+target reserves for everything else, against a linker script made from the profile's
+FLASH and RAM regions; the linker's own ``--print-memory-usage`` table is the answer.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
-from edgebuild.errors import BuildError
+from edgebuild.errors import BuildError, ConfigError
 from edgebuild.firmware import FirmwareModel
 from edgebuild.schema import Target
+from edgebuild.support import TOOLCHAINS
 
 WARNINGS = ["-Wall", "-Wextra", "-Werror"]
-INSTALL_HINT = "install it with: apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi"
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
 
@@ -36,12 +40,68 @@ class Region:
         object.__setattr__(self, "margin", self.total - self.used)
 
 
-def arm_flags(target: Target) -> list[str]:
-    """``-mcpu``/``-mthumb`` and FPU flags for the target."""
-    flags = [f"-mcpu={target.cpu}", "-mthumb"]
-    if target.firmware.fpu:
-        flags += ["-mfloat-abi=hard", f"-mfpu={target.firmware.fpu}"]
+def machine_flags(target: Target) -> list[str]:
+    """The target's machine flags for its compiler family, e.g. ``-mcpu=cortex-m4 -mthumb`` or
+    ``-march=rv32imc -mabi=ilp32``, made from the profile keys the family's table names."""
+    flags = []
+    for template, key in target.toolchain.flags:
+        value = target.machine_value(key) if key else ""
+        if not key or value:
+            flags.append(template.format(value))
     return flags
+
+
+def install_hint(target: Target) -> str:
+    """How to install the target's compiler family, e.g. ``install it with: apt-get install ...``."""
+    return f"install it with: {target.toolchain.install}"
+
+
+def have_compiler(target: Target) -> bool:
+    """Whether the target's cross-compiler (e.g. ``arm-none-eabi-gcc``) is on PATH."""
+    return shutil.which(target.toolchain.gcc) is not None
+
+
+@cache
+def _refusal(gcc: str, flags: tuple[str, ...]) -> str | None:
+    """None when ``gcc`` compiles an empty C file with ``flags``, else its first error line. Cached per process."""
+    proc = subprocess.run(
+        [gcc, "-x", "c", *flags, "-c", "-", "-o", os.devnull], input="", capture_output=True, text=True
+    )
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.splitlines()
+    error = next((line for line in lines if "error" in line), proc.stderr.strip()[:300] or f"exit {proc.returncode}")
+    # gcc's own suggestion ("did you mean 'ilp32'?"); its lists of every valid value are too long to repeat
+    note = next((line.split("note: ", 1)[1] for line in lines if "note: " in line and "did you mean" in line), "")
+    return f"{error.split('error: ', 1)[-1]}{'; ' + note if note else ''}"
+
+
+def check_machine(target: Target) -> bool:
+    """Check, before any training, that the target's compiler takes its machine flags.
+
+    Compiles an empty C file with the family's compiler and ``machine_flags`` (the
+    answer is cached per process). Returns False when the compiler is not installed
+    (the link stage then warns and skips the fit check), True when it took the flags.
+    Raises ConfigError (exit 2) naming the profile key whose value the compiler refuses.
+    """
+    toolchain = target.toolchain
+    if not have_compiler(target):
+        return False
+    flags = machine_flags(target)
+    refusal = _refusal(toolchain.gcc, (*flags, *toolchain.c_library))
+    if refusal is None:
+        return True
+    # Blame the key whose flag gcc names; if it names none (an -march/-mabi mismatch), all of them.
+    named = [key for template, key in toolchain.flags if key and template.split("=")[0] in refusal]
+    keys = list(dict.fromkeys(named)) or list(toolchain.keys)
+    values = ", ".join(f"{key} = {target.machine_value(key)!r}" for key in keys)
+    others = "; ".join(f"{name} ({tc.install})" for name, tc in TOOLCHAINS.items() if tc != toolchain)
+    raise ConfigError(
+        f"{target.source or target.name}: key '{keys[0]}': {toolchain.gcc} refuses {values} "
+        f"({' '.join(flags)}): {refusal}",
+        hint=f"set {' and '.join(keys)} to a value {toolchain.gcc} accepts, or name this chip's compiler "
+        f"family in firmware.toolchain: {others}",
+    )
 
 
 def _run(command: list[str], what: str) -> str:
@@ -55,16 +115,23 @@ def _run(command: list[str], what: str) -> str:
 def compile_checks(folder: Path, model: FirmwareModel, target: Target, work: Path) -> list[str]:
     """Compile the generated source as C11 and C++ with every compiler present, warnings as errors.
 
-    Returns the compilers used. Raises BuildError with the compiler's first error.
+    The compilers: the host's ``gcc``/``g++`` and the target's cross-compilers (its
+    family's, with its machine flags and C library). Returns the compilers used.
+    Raises BuildError with the compiler's first error.
     """
     _, source, _ops = model.files
     used = []
-    host = [("gcc", ["-x", "c", "-std=c11"]), ("g++", ["-x", "c++", "-std=c++11"])]
-    arm = [("arm-none-eabi-gcc", ["-x", "c", "-std=c11"]), ("arm-none-eabi-g++", ["-x", "c++", "-std=c++11"])]
-    for compiler, language in host + arm:
+    c, cxx = ["-x", "c", "-std=c11"], ["-x", "c++", "-std=c++11"]
+    toolchain = target.toolchain
+    cross = [*machine_flags(target), *toolchain.c_library]
+    for compiler, language, flags in (
+        ("gcc", c, []),
+        ("g++", cxx, []),
+        (toolchain.gcc, c, cross),
+        (toolchain.gxx, cxx, cross),
+    ):
         if shutil.which(compiler) is None:
             continue
-        flags = arm_flags(target) if compiler.startswith("arm-") else []
         _run(
             [compiler, *language, *flags, *WARNINGS, "-c", str(folder / source), "-o", str(work / f"{compiler}.o")],
             f"compiling {source} with {compiler}",
@@ -74,7 +141,11 @@ def compile_checks(folder: Path, model: FirmwareModel, target: Target, work: Pat
 
 
 def linker_script(target: Target) -> str:
-    """A linker script with the target's FLASH and RAM regions."""
+    """A linker script with the target's FLASH and RAM regions, for arm and RISC-V alike.
+
+    RISC-V compilers put small variables in ``.sdata``/``.sbss``/``.srodata``; the
+    placeholders are KEEP so that a ``--gc-sections`` (picolibc's specs add it) keeps them.
+    """
     memory = target.memory
     assert memory is not None, "TFLM targets have a [memory] table"
     return f"""/* Generated by edgebuild for {re.sub(r"[^A-Za-z0-9._-]", "_", target.name)}. */
@@ -87,9 +158,9 @@ MEMORY
 SECTIONS
 {{
   .text : {{ KEEP(*(.text.Reset_Handler)) *(.text*) }} > FLASH
-  .rodata : {{ *(.rodata*) *(.edgebuild_flash*) }} > FLASH
-  .data : {{ *(.data*) }} > RAM AT > FLASH
-  .bss (NOLOAD) : {{ *(.bss*) *(COMMON) *(.edgebuild_ram*) }} > RAM
+  .rodata : {{ *(.rodata*) *(.srodata*) KEEP(*(.edgebuild_flash*)) }} > FLASH
+  .data : {{ *(.data*) *(.sdata*) }} > RAM AT > FLASH
+  .bss (NOLOAD) : {{ *(.bss*) *(.sbss*) *(COMMON) KEEP(*(.edgebuild_ram*)) }} > RAM
   /DISCARD/ : {{ *(.ARM.exidx*) *(.comment) }}
 }}
 """
@@ -144,11 +215,12 @@ def link_check(folder: Path, model: FirmwareModel, target: Target, work: Path) -
     (work / "fit.ld").write_text(linker_script(target))
     (work / "fit.c").write_text(_fit_program(model, target))
     command = [
-        "arm-none-eabi-gcc",
+        target.toolchain.gcc,
         "-x",
         "c",
         "-std=c11",
-        *arm_flags(target),
+        *machine_flags(target),
+        *target.toolchain.c_library,
         *WARNINGS,
         "-Os",
         f"-I{folder}",
@@ -158,7 +230,8 @@ def link_check(folder: Path, model: FirmwareModel, target: Target, work: Path) -
         str(folder / model.files[1]),
         "-nostdlib",
         "-nostartfiles",
-        f"-Wl,-T,{work / 'fit.ld'}",
+        "-T",  # the driver's -T, so that a C library's specs add no linker script of their own
+        str(work / "fit.ld"),
         "-Wl,--print-memory-usage",
         "-o",
         str(work / "fit.elf"),
@@ -182,8 +255,3 @@ def link_check(folder: Path, model: FirmwareModel, target: Target, work: Path) -
     if "RAM" not in overflows:
         used["RAM"] = (model.arena_with_margin or 0) + memory.reserved_ram_bytes
     return [Region(name, used[name], totals[name]) for name in ("FLASH", "RAM")]
-
-
-def have_arm_toolchain() -> bool:
-    """Whether ``arm-none-eabi-gcc`` is on PATH."""
-    return shutil.which("arm-none-eabi-gcc") is not None

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgebuild.errors import BuildError
 from edgebuild.progress import Reporter
+from edgebuild.tasks import evaluate
 from edgebuild.tf import keras, tf
 
 
@@ -41,8 +42,11 @@ def logits_model(model: Any) -> Any | None:
     return k.Model(model.inputs, model.layers[-2].output)
 
 
-def teacher_logits(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The teacher's logits on ``x`` (log-probabilities when it has no separate softmax)."""
+def teacher_logits(model: Any, x: np.ndarray, task: str = "classification", batch_size: int = 256) -> np.ndarray:
+    """The teacher's logits on ``x`` (log-probabilities when it has no separate softmax); for
+    regression and reconstruction its outputs, which the student learns to reproduce."""
+    if task != "classification":
+        return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
     logits = logits_model(model)
     if logits is not None:
         return np.asarray(logits.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
@@ -85,26 +89,31 @@ def check_outputs(outputs: np.ndarray, what: str) -> None:
         )
 
 
-def accuracy(model: Any, x: np.ndarray, y: np.ndarray, what: str) -> float:
-    """Top-1 accuracy of a Keras model (0..1); nan for an empty set.
+def evaluate_model(
+    model: Any, x: np.ndarray, y: np.ndarray, task: str, what: str, anomaly: np.ndarray | None = None
+) -> dict[str, float]:
+    """The task's metrics of a Keras model on ``x`` (see ``tasks.evaluate``); {} for an empty set.
 
     Raises BuildError naming ``what`` when the model's outputs are dead (see ``check_outputs``).
     """
     if len(x) == 0:
-        return float("nan")
+        return {}
     outputs = np.asarray(model.predict(x, batch_size=256, verbose=0))
     check_outputs(outputs, what)
-    return float(np.mean(np.argmax(outputs, axis=-1) == y))
+    return evaluate(task, outputs, y, anomaly)
 
 
-def _distiller(student: Any, temperature: float, alpha: float) -> Any:
+def _distiller(student: Any, temperature: float, alpha: float, task: str) -> Any:
     """A Keras model that trains ``student`` on hard labels and the teacher's soft targets.
 
-    Its fit() takes ``(x, (y, teacher_logits))``; the UpdatePruningStep callback finds the
+    Its fit() takes ``(x, (y, teacher_outputs))``; the UpdatePruningStep callback finds the
     student's pruning wrappers through it, because the student is one of its layers.
+    Classification: cross-entropy on the labels and temperature-scaled KL divergence to
+    the teacher's logits. Regression and reconstruction: mean squared error to the targets
+    and to the teacher's outputs.
     """
     k, t = keras(), tf()
-    student_logits = logits_model(student)
+    student_logits = logits_model(student) if task == "classification" else None
 
     class Distiller(k.Model):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
@@ -123,22 +132,28 @@ def _distiller(student: Any, temperature: float, alpha: float) -> Any:
 
         @property
         def metrics(self) -> list[Any]:
-            return [self.loss_tracker, self.accuracy_tracker]
+            return [self.loss_tracker, self.accuracy_tracker] if task == "classification" else [self.loss_tracker]
 
         def train_step(self, data: Any) -> dict[str, Any]:
             x, (y, soft) = data
             with t.GradientTape() as tape:
-                logits = self._logits(x)
-                hard_loss = k.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                soft_loss = k.losses.kl_divergence(
-                    t.nn.softmax(soft / temperature), t.nn.softmax(logits / temperature)
-                ) * (temperature**2)
+                if task == "classification":
+                    logits = self._logits(x)
+                    hard_loss = k.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                    soft_loss = k.losses.kl_divergence(
+                        t.nn.softmax(soft / temperature), t.nn.softmax(logits / temperature)
+                    ) * (temperature**2)
+                else:
+                    outputs = self.student(x, training=True)
+                    hard_loss = t.reduce_mean(t.square(outputs - y))
+                    soft_loss = t.reduce_mean(t.square(outputs - soft))
                 loss = t.reduce_mean(alpha * hard_loss + (1.0 - alpha) * soft_loss)
                 loss += sum(self.student.losses) if self.student.losses else 0.0
             variables = self.student.trainable_variables
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=False))
             self.loss_tracker.update_state(loss)
-            self.accuracy_tracker.update_state(y, logits)
+            if task == "classification":
+                self.accuracy_tracker.update_state(y, logits)
             return {m.name: m.result() for m in self.metrics}
 
     return Distiller()
@@ -157,8 +172,12 @@ def fit_model(
     what: str,
     teacher: SoftTargets | None = None,
     callbacks: tuple[Any, ...] = (),
+    task: str = "classification",
 ) -> None:
-    """Train ``model`` in place for ``epochs`` (cross-entropy, or distillation from ``teacher``).
+    """Train ``model`` in place for ``epochs`` (the task's loss, or distillation from ``teacher``).
+
+    Classification trains with cross-entropy on class labels; regression and
+    reconstruction with mean squared error on ``y`` (the inputs, for reconstruction).
 
     Reads the arrays; writes the model's weights; shows an epoch progress bar.
     """
@@ -167,10 +186,13 @@ def fit_model(
     k, t = keras(), tf()
     optimizer = k.optimizers.Adam(learning_rate)
     if teacher is None:
-        model.compile(optimizer=optimizer, loss=k.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        if task == "classification":
+            model.compile(optimizer=optimizer, loss=k.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+        else:
+            model.compile(optimizer=optimizer, loss=k.losses.MeanSquaredError())
         trainer, data = model, t.data.Dataset.from_tensor_slices((x, y))
     else:
-        trainer = _distiller(model, teacher.temperature, teacher.alpha)
+        trainer = _distiller(model, teacher.temperature, teacher.alpha, task)
         trainer.compile(optimizer=optimizer)
         data = t.data.Dataset.from_tensor_slices((x, (y, teacher.logits)))
     data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)

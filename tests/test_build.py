@@ -82,6 +82,7 @@ def compile_c_array(folder: Path, tmp_path: Path) -> None:
     subprocess.run([str(exe)], check=True)
 
 
+@pytest.mark.slow
 def test_digits_for_rpi4_from_the_cli(project: Path, tmp_path: Path) -> None:
     result = run_cli("build", "--recipe", "digits", "--target", "rpi4", "--quiet", cwd=project)
     assert result.code == 0, result.err
@@ -112,6 +113,7 @@ def test_digits_for_rpi4_from_the_cli(project: Path, tmp_path: Path) -> None:
     compile_c_array(out, tmp_path)
 
 
+@pytest.mark.slow
 def test_digits_for_cortex_m4_from_python(tmp_path: Path) -> None:
     report = edgebuild.build("digits", "cortex-m4", out=tmp_path / "out")
     check_report(report, "cortex-m4")
@@ -134,6 +136,7 @@ def _tight_target(project: Path, model_bytes: int) -> None:
     (project / "targets" / "tight.toml").write_text(text.replace('name = "rpi4"', 'name = "tight"'))
 
 
+@pytest.mark.slow
 def test_budget_missed_exits_3_and_keeps_previous_artifacts(project: Path) -> None:
     # 5,000 bytes passes preflight (at least 13,706 / 4 int8 weights after removing half the
     # channels) but not the built file (~9 kB).
@@ -164,8 +167,15 @@ def test_budget_error_from_python(project: Path) -> None:
     with pytest.raises(BudgetError) as e:
         edgebuild.build("digits", project / "targets" / "tight.toml", out=project / "out")
     assert e.value.exit_code == 3
+    assert str(e.value) == (
+        f"preflight: {project}/targets/tight.toml: key 'budgets.model_bytes': the model to deploy has 13706 "
+        "parameters, so its int8 .tflite is at least 3426 bytes even after pruning, more than the budget of 1000 "
+        "(use a narrower model (model.width or distill.student_width) or a larger budget)"
+    )
+    assert not (project / "out").exists()
 
 
+@pytest.mark.slow
 def test_distilled_mlp_on_npz_for_float16(project: Path) -> None:
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(3, 16)) * 3
@@ -206,6 +216,7 @@ def test_distilled_mlp_on_npz_for_float16(project: Path) -> None:
     shutil.rmtree(project / "build")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", ["unstructured", "2:4"])
 def test_magnitude_pruning_then_prune_preserving_qat(project: Path, structure: str) -> None:
     """TF-MOT's prune_low_magnitude, strip_pruning, then QAT on the stripped model (which once broke

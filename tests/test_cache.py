@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgebuild.cache import StageCache, cache_key
-from tests.conftest import assert_one_line_error, quick_project, run_cli
+from tests.conftest import Build, assert_one_line_error, quick_project, run_cli
 
 REPRODUCIBLE = ("model.tflite", "model_data.h", "model_data.cc", "model_ops.h")
 
@@ -67,6 +68,7 @@ def _imports_tensorflow(cwd: Path, env: dict[str, str], *args: str) -> tuple[boo
     return lines[-1] == "True", proc.stdout
 
 
+@pytest.mark.slow
 def test_cache_reuse_no_op_and_budget_change(project: Path, tmp_path: Path) -> None:
     import os
 
@@ -116,13 +118,11 @@ def test_cache_reuse_no_op_and_budget_change(project: Path, tmp_path: Path) -> N
     assert StageCache(tmp_path / "cache").entries() == []
 
 
-def test_clean_builds_are_byte_identical_and_verify(project: Path, tmp_path: Path) -> None:
-    quick_project(project)
-    env = {"EDGEBUILD_CACHE_DIR": str(tmp_path / "cache")}
-    result = run_cli("--target", "cortex-m4-relaxed", "-q", "--no-cache", cwd=project, env=env)
-    assert result.code == 0, result.err
-    out = project / "build" / "quick" / "cortex-m4-relaxed"
-    assert not (tmp_path / "cache").exists()  # --no-cache neither reads nor writes
+@pytest.mark.slow
+def test_clean_builds_are_byte_identical_and_verify(clean_quick_build: Build, tmp_path: Path) -> None:
+    assert not clean_quick_build.cache.exists()  # --no-cache neither reads nor writes
+    out = tmp_path / "out"
+    shutil.copytree(clean_quick_build.out, out)  # the session's build, read by test_determinism too
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(REPRODUCIBLE) <= set(manifest["outputs"])
     assert manifest["inputs"]["dataset"]["spec"] == "digits"
@@ -131,15 +131,17 @@ def test_clean_builds_are_byte_identical_and_verify(project: Path, tmp_path: Pat
     assert timestamps == []
 
     # verify rebuilds in a fresh process, without the cache, and compares every file.
-    result = run_cli("verify", str(out / "manifest.json"), cwd=project, env=env)
+    env = {"EDGEBUILD_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("verify", str(out / "manifest.json"), cwd=tmp_path, env=env)
     assert result.code == 0, result.err
     assert "identical" in result.out
 
     # A recorded hash that no longer matches is named.
     manifest["outputs"]["model.tflite"] = "0" * 64
     (out / "manifest.json").write_text(json.dumps(manifest))
-    result = run_cli("verify", str(out / "manifest.json"), cwd=project, env=env)
+    result = run_cli("verify", str(out / "manifest.json"), cwd=tmp_path, env=env)
     assert_one_line_error(result, 1, "1 output(s) differ", "model.tflite")
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("content", ["", "{not json", '{"inputs": {}}'])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import assert_one_line_error, run_cli, shipped
+from tests.conftest import assert_error, assert_one_line_error, run_cli, shipped
 
 
 def _imports_tensorflow(*args: str, cwd: Path) -> bool:
@@ -66,17 +66,18 @@ def test_unknown_recipe_exits_2(project: Path) -> None:
 
 def test_missing_recipe_file_exits_2(project: Path) -> None:
     result = run_cli("build", "--recipe", "nowhere/r.toml", "--target", "rpi4", cwd=project)
-    assert_one_line_error(result, 2, "does not exist")
+    assert_error(result, 2, "recipe file 'nowhere/r.toml' does not exist")
 
 
 def test_no_target_is_a_usage_error(project: Path) -> None:
     result = run_cli(cwd=project)
-    assert result.code == 2
-    assert "no target given" in result.err
-    assert "Traceback" not in result.err
+    assert_error(
+        result,
+        2,
+        "no target given; try `edgebuild --target rpi4` (`edgebuild targets` lists them) (see edgebuild --help)",
+    )
 
 
 def test_bad_option_is_a_usage_error(project: Path) -> None:
     result = run_cli("--frobnicate", cwd=project)
-    assert result.code == 2
-    assert "Traceback" not in result.err
+    assert_error(result, 2, "No such option '--frobnicate'. (see edgebuild --help)")

@@ -6,8 +6,9 @@ imported into podman as ``localhost/edgebuild-base:bookworm`` and passed as ``BA
 The image is built with ``podman build --isolation=chroot`` (no Docker engine needed), then
 the default recipe is built for cortex-m4 twice, from empty folders: in the container (the
 image's non-root user, the folder mounted at /work, no network) and on the host with this
-interpreter, under the same environment. The generated ``.tflite``, ``.h`` and ``.cc`` files
-must be byte-identical.
+interpreter, under the same environment (``BUILD_ENVIRONMENT``; the host's build is the session's
+``default_recipe_build``, which test_default_recipe reads too). The generated ``.tflite``, ``.h``
+and ``.cc`` files must be byte-identical.
 
 Needs root (debootstrap, rootful podman), podman, runc and debootstrap, and network access to
 deb.debian.org and PyPI while building. A cold run takes about 10 minutes on two cores (base
@@ -26,9 +27,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import BUILD_ENVIRONMENT, Build
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "localhost/edgebuild-base:bookworm"
@@ -152,13 +156,6 @@ def _ulimits() -> list[str]:
     return flags
 
 
-def _environment() -> dict[str, str]:
-    """What both builds run under, identical: locale, time zone, hash seed. (edgebuild fixes
-    TensorFlow's thread count itself: with one thread instead of two, training gives other
-    weights and other bytes.)"""
-    return {"LANG": "C.UTF-8", "TZ": "UTC", "PYTHONHASHSEED": "0"}
-
-
 def _digests(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -173,7 +170,9 @@ def _first_difference(a: Path, b: Path) -> str:
     return f"{a.name}: host {len(x)} B, container {len(y)} B, first difference at byte {offset}"
 
 
-def test_image_builds_the_default_recipe_with_the_hosts_bytes(tmp_path: Path) -> None:
+def test_image_builds_the_default_recipe_with_the_hosts_bytes(
+    tmp_path: Path, default_recipe_build: Callable[[str], Build]
+) -> None:
     timings: dict[str, float] = {}
     start = time.monotonic()
     _base_image(tmp_path)
@@ -183,8 +182,6 @@ def test_image_builds_the_default_recipe_with_the_hosts_bytes(tmp_path: Path) ->
     _build_image()
     _timed("image", timings, start)
 
-    env = _environment()
-
     # In the container: the image's own user (uid 1000) writes into the mounted folder, so the
     # folder is opened to it; the host (root) reads what it wrote. No network: a build needs none.
     in_container = tmp_path / "container"
@@ -192,30 +189,19 @@ def test_image_builds_the_default_recipe_with_the_hosts_bytes(tmp_path: Path) ->
     in_container.chmod(0o777)
     start = time.monotonic()
     cmd = ["podman", "run", "--rm", "--network=none", *_ulimits(), "--volume", f"{in_container}:/work"]
-    for key, value in env.items():
+    for key, value in BUILD_ENVIRONMENT.items():
         cmd += ["--env", f"{key}={value}"]
     _run([*cmd, IMAGE, "--target", "cortex-m4", "--quiet"], timeout=1800)
     _timed("container build", timings, start)
 
-    # On the host, with this interpreter and the sources the image was built from.
-    on_host = tmp_path / "host"
-    (on_host / "home").mkdir(parents=True)
+    # On the host, with this interpreter and the sources the image was built from, under the same
+    # environment: the session's default-recipe build (test_default_recipe reads it too).
     start = time.monotonic()
-    # The session's stage cache: the default-recipe test has usually built this already.
-    host_env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(on_host / "home"),
-        "PYTHONPATH": str(REPO),
-        "EDGEBUILD_CACHE_DIR": os.environ["EDGEBUILD_CACHE_DIR"],
-        **env,
-    }
-    _run(
-        [sys.executable, "-m", "edgebuild", "--target", "cortex-m4", "--quiet"], timeout=1800, cwd=on_host, env=host_env
-    )
-    _timed("host build", timings, start)
+    host = default_recipe_build("cortex-m4").out
+    _timed("host build (or the session's)", timings, start)
     print("timings:", ", ".join(f"{label} {seconds:.0f} s" for label, seconds in timings.items()))
 
-    host, container = on_host / OUTPUT, in_container / OUTPUT
+    container = in_container / OUTPUT
     for name in FIRMWARE_FILES:
         assert (host / name).is_file(), name
         assert (container / name).is_file(), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -27,26 +28,70 @@ from edgebuild.firmware import (
 )
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.schema import find_file, load_target
-from edgebuild.tf import keras, seed_everything
-from edgebuild.tflite import convert_keras, flatbuffer_ops, io_details, make_interpreter
+from edgebuild.support import NPU_OP, TFLM_CUSTOM_OPS
+from edgebuild.tflite import flatbuffer_ops, io_details, make_interpreter
 from edgebuild.toolchain import compile_checks, link_check, parse_memory_usage
 from tests.conftest import quick_project, run_cli
+from tests.models import tiny_tflite
 
 needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs gcc-arm-none-eabi")
 
-# The Add* methods of tflite::MicroMutableOpResolver in TFLM's
-# tensorflow/lite/micro/micro_mutable_op_resolver.h (tensorflow/tflite-micro): the names the
-# generated op header may call. TFLM's C++ sources are not installable here, so the
-# compile test below declares exactly these methods.
-TFLM_RESOLVER_METHODS = """AddAbs AddAdd AddAddN AddArgMax AddArgMin AddAveragePool2D AddBatchToSpaceNd AddCast AddCeil
-AddCircularBuffer AddConcatenation AddConv2D AddCos AddCumSum AddDepthToSpace AddDepthwiseConv2D AddDequantize
-AddDetectionPostprocess AddElu AddEqual AddEthosU AddExp AddExpandDims AddFill AddFloor AddFloorDiv AddFloorMod
-AddFullyConnected AddGather AddGatherNd AddGreater AddGreaterEqual AddHardSwish AddIf AddL2Normalization AddL2Pool2D
-AddLeakyRelu AddLess AddLessEqual AddLog AddLogicalAnd AddLogicalNot AddLogicalOr AddLogistic AddMaximum AddMaxPool2D
-AddMean AddMinimum AddMul AddNeg AddNotEqual AddPack AddPad AddPadV2 AddPrelu AddQuantize AddReduceMax AddRelu
-AddRelu6 AddReshape AddResizeBilinear AddResizeNearestNeighbor AddRound AddRsqrt AddShape AddSin AddSoftmax
-AddSpaceToBatchNd AddSpaceToDepth AddSplit AddSplitV AddSqueeze AddSqrt AddSquare AddStridedSlice AddSub AddSvdf
-AddTanh AddTranspose AddTransposeConv AddUnpack AddVarHandle AddWhile AddZerosLike""".split()
+
+@cache
+def tflm_runtime() -> Path:
+    """TFLM's own runtime: the ``_runtime.so`` of the tflite-micro wheel (its Python interpreter)."""
+    spec = importlib.util.find_spec("tflite_micro.python.tflite_micro._runtime")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin)
+
+
+@cache
+def tflm_symbols() -> str:
+    """The functions TFLM's runtime defines, demangled, one a line (``nm``)."""
+    nm = ["nm", "--dynamic", "--demangle", "--defined-only", str(tflm_runtime())]
+    return subprocess.run(nm, capture_output=True, text=True, check=True).stdout
+
+
+def tflm_functions(prefix: str) -> set[str]:
+    """The names after ``prefix`` of TFLM's ``tflite::micro::<prefix>...`` functions."""
+    return set(re.findall(rf" tflite::micro::{prefix}(\w+)\(", tflm_symbols()))
+
+
+def camel_case(op: str) -> str:
+    """MAX_POOL_2D -> MaxPool2D, as TFLM writes op names in its function names."""
+    return "".join(part if part[:1].isdigit() else part.capitalize() for part in op.split("_"))
+
+
+# TFLM names each MicroMutableOpResolver method after its op's parse function: AddConv2D() is
+# AddBuiltin(BuiltinOperator_CONV_2D, Register_CONV_2D(), ParseConv2D). The parse and Register_
+# functions are in the runtime; the methods (inline, in micro_mutable_op_resolver.h) are not.
+# Ops that share a parser (ParsePool, ParseReducer) have the op's name in CamelCase, like the
+# others; AddCumSum, whose parser is ParseCumsum, is the header's one exception.
+SHARED_PARSER = [
+    "AVERAGE_POOL_2D",
+    "L2_POOL_2D",
+    "MAX_POOL_2D",
+    "MEAN",
+    "REDUCE_ALL",
+    "REDUCE_MAX",
+    "REDUCE_MIN",
+    "SUM",
+]
+
+
+def tflm_resolver_methods() -> dict[str, str]:
+    """TFLM's resolver method for each builtin op its runtime has a kernel (a ``Register_<OP>()``) for."""
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    builtin = {name for name in vars(schema.BuiltinOperator) if name.isupper()}
+    parsers = {name.lower(): name for name in tflm_functions("Parse")}
+    methods = {}
+    for op in tflm_functions("Register_") & builtin:
+        parser = parsers.get(op.replace("_", "").lower())
+        methods[op] = "AddCumSum" if op == "CUMSUM" else f"Add{parser or camel_case(op)}"
+    assert sorted(op for op in methods if op.replace("_", "").lower() not in parsers) == SHARED_PARSER
+    return methods
+
 
 HOSTILE_NAMES = [
     'a"; int x; //',
@@ -93,53 +138,25 @@ def test_c_string_round_trips_through_a_real_compiler(text: str, tmp_path: Path)
 
 
 def test_resolver_methods_are_tflm_methods() -> None:
-    for op in [
-        "CONV_2D",
-        "DEPTHWISE_CONV_2D",
-        "FULLY_CONNECTED",
-        "MAX_POOL_2D",
-        "AVERAGE_POOL_2D",
-        "SOFTMAX",
-        "RESHAPE",
-        "QUANTIZE",
-        "DEQUANTIZE",
-        "ADD",
-        "MUL",
-        "MEAN",
-        "PAD",
-        "RELU6",
-        "CUMSUM",
-        "PADV2",
-        "L2_POOL_2D",
-        "ethos-u",
-    ]:
-        assert resolver_method(op) in TFLM_RESOLVER_METHODS, op
+    methods = tflm_resolver_methods()
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "QUANTIZE"} <= set(methods)  # read
+    assert {op: resolver_method(op) for op in methods} == methods
+    # The custom ops TFLM registers by name (AddCustom("TFLite_Detection_PostProcess", ...)): the name
+    # is a string in the runtime, the kernel a Register_ function.
+    runtime = tflm_runtime().read_bytes()
+    for op, kernel in (("TFLite_Detection_PostProcess", "DETECTION_POSTPROCESS"),):
+        assert op in TFLM_CUSTOM_OPS and b"\0" + op.encode() + b"\0" in runtime
+        assert kernel in tflm_functions("Register_") and resolver_method(op) == "Add" + camel_case(kernel)
+    # Vela's op: this runtime is built without the Ethos-U driver (its GetString_ETHOSU() is empty),
+    # so only the kernel function is there; test_cortex_m55_u55_reports_vela checks the op's name.
+    assert "ETHOSU" in tflm_functions("Register_") and resolver_method(NPU_OP) == "AddEthosU"
     with pytest.raises(BuildError, match="custom op"):
         resolver_method("my_custom; evil()")
 
 
-@cache
-def tiny_model() -> tuple[bytes, list[dict], list[dict]]:  # type: ignore[type-arg]
-    seed_everything(0)
-    k = keras()
-    model = k.Sequential(
-        [
-            k.Input((10, 10, 1)),
-            k.layers.DepthwiseConv2D(3, activation="relu"),
-            k.layers.Conv2D(4, 3, activation="relu"),
-            k.layers.GlobalAveragePooling2D(),
-            k.layers.Dense(3),
-            k.layers.Softmax(),
-        ]
-    )
-    x = np.random.default_rng(0).random((32, 10, 10, 1)).astype(np.float32)
-    data = convert_keras(model, "int8", "int8", x)
-    inputs, outputs = io_details(make_interpreter(data))
-    return data, [t.as_dict() for t in inputs], [t.as_dict() for t in outputs]
-
-
 def firmware(name: str, section: str = "", arena: int | None = 3000) -> FirmwareModel:
-    data, inputs, outputs = tiny_model()
+    data = tiny_tflite()
+    inputs, outputs = io_details(make_interpreter(data))
     return FirmwareModel(
         data=data,
         prefix=c_identifier(name),
@@ -147,8 +164,8 @@ def firmware(name: str, section: str = "", arena: int | None = 3000) -> Firmware
         arena_bytes=arena,
         arena_margin=0.1,
         section=section,
-        inputs=inputs,
-        outputs=outputs,
+        inputs=[t.as_dict() for t in inputs],
+        outputs=[t.as_dict() for t in outputs],
         labels=("cat", 'dog "rex"', "*/ bird"),
         ops=sorted(set(flatbuffer_ops(data))),
     )
@@ -174,9 +191,15 @@ def test_header_describes_the_model(tmp_path: Path) -> None:
     source = model_source(model)
     assert "alignas(16) const unsigned char g_kws_model_data[KWS_MODEL_BYTES]" in source
     ops = ops_header(model)
-    assert "#define KWS_OP_COUNT 5" in ops
-    for op in ("AddConv2D", "AddDepthwiseConv2D", "AddFullyConnected", "AddMean", "AddSoftmax"):
-        assert f"resolver.{op}()" in ops
+    assert "#define KWS_OP_COUNT 6" in ops
+    assert re.findall(r"resolver\.(\w+)\(\)", ops) == [
+        "AddConv2D",
+        "AddDepthwiseConv2D",
+        "AddFullyConnected",
+        "AddMaxPool2D",
+        "AddReshape",
+        "AddSoftmax",
+    ]
 
 
 def test_quantize_helpers_agree_with_the_model(tmp_path: Path) -> None:
@@ -231,7 +254,7 @@ def test_ops_header_compiles_against_tflm_resolver_declarations(tmp_path: Path) 
     write(tmp_path, model)
     tflm = tmp_path / "tensorflow" / "lite" / "micro"
     tflm.mkdir(parents=True)
-    methods = "\n".join(f"  TfLiteStatus {m}();" for m in TFLM_RESOLVER_METHODS)
+    methods = "\n".join(f"  TfLiteStatus {m}();" for m in sorted(set(tflm_resolver_methods().values())))
     (tflm / "micro_mutable_op_resolver.h").write_text(
         "typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;\n"
         "namespace tflite {\ntemplate <unsigned int tOpCount> class MicroMutableOpResolver {\n public:\n"
@@ -286,6 +309,7 @@ def _tiny_flash_target(project: Path) -> None:
     (project / "targets" / "tiny-flash.toml").write_text(text)
 
 
+@pytest.mark.slow
 @needs_arm
 def test_tiny_flash_region_fails_with_exit_3_and_the_overflow(project: Path) -> None:
     quick_project(project)
@@ -300,6 +324,7 @@ def test_tiny_flash_region_fails_with_exit_3_and_the_overflow(project: Path) -> 
     assert not (project / "build").exists()
 
 
+@pytest.mark.slow
 @needs_arm
 def test_hostile_recipe_name_builds_compiling_c_and_bundles(project: Path, tmp_path: Path) -> None:
     quick_project(project, name='a"; int x; //')
@@ -343,6 +368,7 @@ def test_hostile_recipe_name_builds_compiling_c_and_bundles(project: Path, tmp_p
     subprocess.run([str(app / "build" / "app")], check=True)
 
 
+@pytest.mark.slow
 def test_rpi4_bundle_runs_its_inference_script(project: Path) -> None:
     quick_project(project)
     result = run_cli("--target", "rpi4-relaxed", "--quiet", cwd=project)
@@ -368,7 +394,7 @@ def test_rpi4_bundle_runs_its_inference_script(project: Path) -> None:
     assert scores[int(proc.stdout.split()[0])] == scores.max()
 
 
-@needs_arm
+@pytest.mark.slow
 def test_cortex_m55_u55_reports_vela(project: Path) -> None:
     quick_project(project)
     result = run_cli("--target", "cortex-m55-u55-relaxed", "--quiet", cwd=project)
@@ -384,6 +410,7 @@ def test_cortex_m55_u55_reports_vela(project: Path) -> None:
     assert '__attribute__((section(".rodata.model")))' in (out / "model_data.cc").read_text()
 
 
+@pytest.mark.slow
 def test_missing_arm_toolchain_warns_and_completes(project: Path, tmp_path: Path) -> None:
     quick_project(project)
     bin_dir = tmp_path / "bin"

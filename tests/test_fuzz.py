@@ -14,7 +14,6 @@ import json
 import math
 import os
 import tempfile
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from edgebuild.errors import EdgebuildError
 from edgebuild.inspect import inspect_tflite
 from edgebuild.schema import load_recipe, load_target
 from tests.conftest import shipped
+from tests.models import tiny_tflite
 
 EXAMPLES = int(os.environ.get("EDGEBUILD_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -48,14 +48,14 @@ TARGET_KEYS = {
     "precision": ["weights", "activations", "io"],
     "sparsity": ["target", "structure", "exploitable"],
     "memory": ["flash_bytes", "ram_bytes", "flash_origin", "ram_origin", "reserved_flash_bytes", "reserved_ram_bytes"],
-    "firmware": ["section", "arena_margin", "fpu"],
+    "firmware": ["section", "arena_margin", "toolchain", "fpu", "arch", "abi"],
     "npu": ["accelerator", "system_config", "memory_mode", "optimise"],
     "budgets": ["max_accuracy_drop", "model_bytes", "arena_bytes"],
     "validate": ["runner", "threads", "min_top1_agreement", "device"],
 }
 WORDS = ["mnist", "digits", "npz:data.npz", "small_cnn", "mlp", "int8", "float16", "float32", "litert", "tflm",
          "channel", "2:4", "unstructured", "litert-host", "tflm-host", "qemu", "ssh://a@b:22", "adb", "taylor",
-         "ethos-u55-128", "../x", "/etc/passwd", "", "a\"; int x; //"]  # fmt: skip
+         "ethos-u55-128", "riscv64-unknown-elf", "rv32imc", "../x", "/etc/passwd", "", "a\"; int x; //"]  # fmt: skip
 
 scalars = st.one_of(
     st.sampled_from(WORDS),
@@ -126,28 +126,9 @@ def test_mutated_shipped_files(data: st.DataObject) -> None:
     _load(load_recipe if kind == "recipes" else load_target, text)
 
 
-@cache
 def seed_models() -> list[bytes]:
-    """Real .tflite files: int8 and float32 CNNs (with every op kind edgebuild emits)."""
-    from edgebuild.tf import keras
-    from edgebuild.tflite import convert_keras
-
-    k = keras()
-    model = k.Sequential(
-        [
-            k.Input((8, 8, 1)),
-            k.layers.Conv2D(4, 3, activation="relu"),
-            k.layers.DepthwiseConv2D(3),
-            k.layers.MaxPooling2D(2),
-            k.layers.Flatten(),
-            k.layers.Dense(3),
-            k.layers.Softmax(),
-        ]
-    )
-    import numpy as np
-
-    x = np.random.default_rng(0).random((16, 8, 8, 1)).astype(np.float32)
-    return [convert_keras(model, "int8", "int8", x), convert_keras(model, "float32", "float32", None)]
+    """Real .tflite files: the shared tiny CNN in int8 and float32 (conv, depthwise, pool, dense, softmax)."""
+    return [tiny_tflite("int8"), tiny_tflite("float32")]
 
 
 @st.composite

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import QUICK_RECIPE, assert_one_line_error, quick_project, run_cli
+from tests.conftest import QUICK_RECIPE, assert_error, assert_one_line_error, quick_project, run_cli
 
 MARKER = "payload-ran"
 PAYLOAD_MODULE = "edgebuild_payload"
@@ -166,6 +166,14 @@ def test_control_lambda_payload_runs_when_allowed(project: Path, hostile: Path) 
     result = run_cli("--target", "rpi4-relaxed", "--quiet", "--allow-unsafe-model", cwd=project, timeout=120)
     assert (hostile / MARKER).exists(), result.err
     (hostile / MARKER).unlink()
+    # Loaded, it is refused for what it is: a model for other data.
+    assert_error(
+        result,
+        2,
+        f"preflight: {project}/edgebuild.toml: key 'model' (time_distributed.h5): the model takes inputs of shape "
+        "(3, 4) but the dataset's samples are (8, 8, 1) (use a dataset that matches the model, or a model built "
+        "for this data)",
+    )
 
 
 def test_control_module_payload_runs_in_tf_keras_safe_mode(project: Path, hostile: Path) -> None:

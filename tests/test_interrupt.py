@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import quick_project, run_cli
 
 REPRODUCIBLE = ("model.tflite", "model_data.h", "model_data.cc")
@@ -37,6 +39,7 @@ def _assert_complete(out: Path, first: dict[str, str]) -> None:
     assert {name: _hash(out / name) for name in REPRODUCIBLE} == first
 
 
+@pytest.mark.slow
 def test_random_kills_never_leave_a_half_written_output(project: Path, tmp_path: Path) -> None:
     quick_project(project)
     target = project / "targets" / "rpi4-relaxed.toml"

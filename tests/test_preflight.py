@@ -32,6 +32,7 @@ def test_supported_model_passes() -> None:
     check_tflm_ops(model, "here")
 
 
+@pytest.mark.slow
 def test_sparsity_the_runtime_cannot_cash_in(project: Path) -> None:
     quick_project(project)
     relaxed = (project / "targets" / "rpi4-relaxed.toml").read_text()

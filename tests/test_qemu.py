@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,8 @@ from edgebuild.runners.arm64_root import MARKER, default_root, is_ready, setup_r
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.qemu_arm64 import QemuArm64
 from edgebuild.stages.validate import compare_outputs
-from edgebuild.tf import keras, seed_everything
-from edgebuild.tflite import convert_keras, make_interpreter
 from tests.conftest import assert_one_line_error, quick_project, run_cli
+from tests.models import CLASSES, SAMPLES, int8_inputs, tiny_tflite
 
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -64,29 +62,12 @@ def qemu_root() -> Path:
     return root
 
 
-@cache
 def tiny_int8() -> tuple[bytes, np.ndarray]:
-    """A tiny int8 CNN (conv, depthwise, pool, dense, softmax) and 48 inputs already quantized to int8."""
-    seed_everything(0)
-    k = keras()
-    model = k.Sequential(
-        [
-            k.Input((10, 10, 1)),
-            k.layers.Conv2D(4, 3, activation="relu"),
-            k.layers.DepthwiseConv2D(3, activation="relu"),
-            k.layers.MaxPooling2D(2),
-            k.layers.Flatten(),
-            k.layers.Dense(12, activation="relu"),
-            k.layers.Dense(5),
-            k.layers.Softmax(),
-        ]
-    )
-    x = np.random.default_rng(1).random((48, 10, 10, 1)).astype(np.float32)
-    tflite = convert_keras(model, "int8", "int8", x)
-    scale, zero = make_interpreter(tflite).get_input_details()[0]["quantization"]
-    return tflite, np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+    """The shared tiny int8 CNN and its 48 inputs, quantized to int8."""
+    return tiny_tflite(), int8_inputs()
 
 
+@pytest.mark.slow
 def test_root_is_complete_and_described(qemu_root: Path) -> None:
     marker = json.loads((qemu_root / MARKER).read_text())
     assert marker["arch"] == "arm64" and marker["suite"] == "bookworm" and marker["python"] == "3.11"
@@ -106,16 +87,17 @@ def test_a_folder_without_marker_is_not_a_root(tmp_path: Path) -> None:
     assert not is_ready(tmp_path)
 
 
+@pytest.mark.slow
 def test_runs_on_emulated_arm64_and_reference_kernels_match_the_host(qemu_root: Path) -> None:
     model, inputs = tiny_int8()
     runner = QemuArm64(qemu_root)
     start = time.perf_counter()
     result = runner.run(model, inputs)
     default_s = time.perf_counter() - start
-    assert result.outputs.shape == (48, 5) and result.outputs.dtype == np.int8
+    assert result.outputs.shape == (SAMPLES, CLASSES) and result.outputs.dtype == np.int8
     assert result.emulated is True
     assert "emulated" in result.device and "aarch64" in result.device and "default kernels" in result.device
-    assert len(result.latency_ms) == 48 and all(ms > 0 for ms in result.latency_ms)
+    assert len(result.latency_ms) == SAMPLES and all(ms > 0 for ms in result.latency_ms)
     assert result.peak_memory_bytes and result.peak_memory_bytes > 0
     host_default = LiteRTHost().run(model, inputs).outputs
     # arm64 XNNPACK vs the host's: judged by top-1 agreement, not by LSB (the kernels, chosen by
@@ -138,6 +120,7 @@ def test_runs_on_emulated_arm64_and_reference_kernels_match_the_host(qemu_root: 
     assert not list((qemu_root / "tmp").glob("edgebuild-*"))  # the run's folders are removed
 
 
+@pytest.mark.slow
 def test_a_root_without_litert_is_a_one_line_build_error(qemu_root: Path, tmp_path: Path) -> None:
     copy = tmp_path / "root"
     try:  # a hard-linked copy: cheap, and removing files from it leaves the session's root alone
@@ -155,6 +138,7 @@ def test_a_root_without_litert_is_a_one_line_build_error(qemu_root: Path, tmp_pa
     assert (qemu_root / "usr/local/lib/python3.11/dist-packages/ai_edge_litert").is_dir()
 
 
+@pytest.mark.slow
 def test_setup_cli_reuses_the_cached_root(qemu_root: Path, tmp_path: Path) -> None:
     result = run_cli("device", "setup", "qemu", cwd=tmp_path, timeout=120)
     assert result.code == 0, result.err
@@ -174,6 +158,7 @@ def test_missing_qemu_names_the_install_command(tmp_path: Path) -> None:
     assert not (tmp_path / "cache" / "devices" / "qemu-arm64").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_setup_leaves_no_root_that_looks_ready(tmp_path: Path) -> None:
     root = tmp_path / "devices" / "qemu-arm64"
     env = {**os.environ, "EDGEBUILD_QEMU_ROOT": str(root)}
@@ -226,6 +211,7 @@ def e2e_build(qemu_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return project / "build" / "quick" / "rpi4-relaxed"
 
 
+@pytest.mark.slow
 def test_cli_build_validates_on_emulated_arm64(e2e_build: Path) -> None:
     report = json.loads((e2e_build / "report.json").read_text())
     run = report["validation"]["device_run"]
@@ -239,6 +225,7 @@ def test_cli_build_validates_on_emulated_arm64(e2e_build: Path) -> None:
     print(f"\nemulated latency: {run['latency']}, peak memory {run['peak_memory_bytes']:,} B", file=sys.stderr)
 
 
+@pytest.mark.slow
 def test_report_md_marks_the_emulated_latency(e2e_build: Path) -> None:
     text = (e2e_build / "report.md").read_text()
     lines = [line for line in text.splitlines() if "latency" in line.lower() and "qemu" in line.lower()]

@@ -80,7 +80,11 @@ def test_recipe_mistakes(tmp_path: Path, old: str, new: str, message: str) -> No
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ('runtime = "litert"', 'runtime = "tflm"', "memory|runner"),
+        (
+            'runtime = "litert"',
+            'runtime = "tflm"',
+            r"t\.toml: key 'validate\.runner': runner 'litert-host' cannot run the 'tflm' runtime \(use tflm-host\)",
+        ),
         ('weights = "int8"', 'weights = "float16"', "precision.*not a conversion"),
         ('runner = "litert-host"', 'runner = "tflm-host"', "validate.runner.*cannot run the 'litert' runtime"),
         ("target = 0.5", "target = 0.99", "sparsity.target.*out of range"),

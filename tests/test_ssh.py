@@ -37,6 +37,7 @@ from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.ssh import CONFIG_ENV, PYTHON_ENV, SshDevice
 from edgebuild.stages.validate import compare_outputs
 from tests.conftest import Result, assert_one_line_error, quick_project, run_cli
+from tests.models import CLASSES, int8_inputs, tiny_tflite
 
 SSHD = "/usr/sbin/sshd"
 USER = getpass.getuser()
@@ -200,31 +201,10 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
             subprocess.run(["umount", str(full)], check=False)
 
 
-def tiny_int8_model() -> tuple[bytes, np.ndarray]:
-    """A small conv + dense model with random weights, full-integer int8, and int8 inputs for it."""
-    from edgebuild.tf import keras, seed_everything
-    from edgebuild.tflite import convert_keras
-
-    seed_everything(0)
-    k = keras()
-    model = k.Sequential(
-        [
-            k.Input((12, 12, 1)),
-            k.layers.Conv2D(4, 3, activation="relu"),
-            k.layers.Flatten(),
-            k.layers.Dense(10),
-            k.layers.Softmax(),
-        ]
-    )
-    x = np.random.default_rng(0).random((32, 12, 12, 1)).astype(np.float32)
-    tflite = convert_keras(model, "int8", "int8", x)
-    inputs = np.random.default_rng(1).integers(-128, 128, (40, 12, 12, 1), dtype=np.int8)
-    return tflite, inputs
-
-
 @pytest.fixture(scope="module")
 def tiny() -> tuple[bytes, np.ndarray]:
-    return tiny_int8_model()
+    """The shared tiny int8 CNN and its 48 inputs, quantized to int8."""
+    return tiny_tflite(), int8_inputs()
 
 
 def use(monkeypatch: pytest.MonkeyPatch, board: Board, name: str) -> None:
@@ -245,7 +225,7 @@ def test_reference_kernels_on_the_board_match_the_host_bit_for_bit(
     on_board = device.run(model, inputs, reference=True)
     on_host = LiteRTHost(reference=True).run(model, inputs)
     assert on_board.outputs.dtype == on_host.outputs.dtype == np.int8
-    assert on_board.outputs.shape == (len(inputs), 10)
+    assert on_board.outputs.shape == (len(inputs), CLASSES)
     assert np.array_equal(on_board.outputs, on_host.outputs)
     assert on_board.emulated is False
     assert len(on_board.latency_ms) == len(inputs) and all(ms > 0 for ms in on_board.latency_ms)
@@ -261,6 +241,7 @@ def test_reference_kernels_on_the_board_match_the_host_bit_for_bit(
     assert list(board.tmp["board"].iterdir()) == []  # the board's run folders are gone
 
 
+@pytest.mark.slow
 def test_end_to_end_build_validates_on_the_board(board: Board, project: Path) -> None:
     quick_project(project)
     result = run_cli(
@@ -324,7 +305,7 @@ def test_failures_are_one_line_naming_the_board(
     if config not in board.configs:
         pytest.skip("needs root and permission to mount a tmpfs")
     if config == "full-disk":
-        inputs = np.concatenate([inputs] * 10)  # 57 KiB: more than the board's 16 KiB TMPDIR
+        inputs = np.concatenate([inputs] * 10)  # 47 KiB: more than the board's 16 KiB TMPDIR
     use(monkeypatch, board, config)
     with pytest.raises(EdgebuildError) as caught:
         board.device().run(model, inputs)
@@ -340,7 +321,7 @@ def test_board_python_by_full_path(
     use(monkeypatch, board, "no-python")
     monkeypatch.setenv(PYTHON_ENV, sys.executable)
     result = board.device().run(*tiny)
-    assert result.outputs.shape == (len(tiny[1]), 10) and "ai_edge_litert" in result.device
+    assert result.outputs.shape == (len(tiny[1]), CLASSES) and "ai_edge_litert" in result.device
     assert list(board.tmp["no-python"].iterdir()) == []
 
 
@@ -377,5 +358,8 @@ def test_ssh_command_keeps_host_key_checking_and_key_only_login(monkeypatch: pyt
     assert command[command.index("-p") + 1] == "2222"
     no_user = SshDevice(DeviceSpec("ssh", host="pi4")).ssh_command("true")  # user and port from ~/.ssh/config
     assert "-l" not in no_user and "-p" not in no_user
-    with pytest.raises(ConfigError):
-        SshDevice(DeviceSpec("ssh", host="-oProxyCommand"))
+    with pytest.raises(ConfigError) as caught:
+        SshDevice(DeviceSpec("ssh", host="-oProxyCommand"))  # would be read as an ssh option
+    assert_one_line_error(
+        error_result(caught.value), 2, "device ssh://-oProxyCommand: a host or user name cannot start with '-'"
+    )

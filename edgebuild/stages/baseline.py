@@ -16,9 +16,10 @@ from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import tflite_costs
 from edgebuild.results import StageResult, Teacher, from_json, to_json
+from edgebuild.tasks import describe
 from edgebuild.tf import keras
 from edgebuild.tflite import convert_keras
-from edgebuild.training import accuracy, fit_model, weights_from, weights_of
+from edgebuild.training import fit_model, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -34,18 +35,19 @@ def run(ctx: BuildContext) -> StageResult:
         seed=recipe.seed,
         reporter=ctx.reporter,
         what="train float model",
+        task=recipe.task,
     )
     ctx.teacher_model = teacher
-    teacher_accuracy = accuracy(teacher, ctx.data.x_test, ctx.data.y_test, "the float model")
+    metrics = ctx.score(teacher, "the float model")
     teacher_tflite = convert_keras(teacher, "float32", "float32", None)
     ctx.costs["baseline"] = tflite_costs(teacher_tflite, ctx.x_fit[0])
-    ctx.teacher_facts = Teacher(teacher_accuracy, len(teacher_tflite), int(teacher.count_params()))
-    ctx.stage_accuracy["baseline"] = teacher_accuracy
+    ctx.teacher_facts = Teacher(metrics.get("accuracy"), len(teacher_tflite), int(teacher.count_params()), metrics)
+    ctx.stage_metrics["baseline"] = metrics
     _copy_for_compression(ctx)
     trained = f"trained {recipe.train.epochs} epochs" if recipe.train.epochs else "loaded, not retrained"
     return StageResult(
-        f"float model {ctx.teacher.parameters} parameters, {trained}: test accuracy "
-        f"{teacher_accuracy:.2%}, float32 .tflite {ctx.teacher.tflite_bytes} bytes"
+        f"float model {ctx.teacher.parameters} parameters, {trained}: test {describe(metrics)}, "
+        f"float32 .tflite {ctx.teacher.tflite_bytes} bytes"
     )
 
 

@@ -18,21 +18,26 @@ from edgebuild.context import BuildContext
 from edgebuild.errors import BuildError
 from edgebuild.results import Candidate, Conversion, StageResult, from_json, to_json
 from edgebuild.runners.litert_host import LiteRTHost
+from edgebuild.tasks import describe, evaluate, headline
 from edgebuild.tflite import convert_keras, io_details, make_interpreter
 
 SELECTION_SAMPLES = 1000
 
 
-def _score(model: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    inputs, _ = io_details(make_interpreter(model))
+def _score(model: bytes, x: np.ndarray, y: np.ndarray, task: str) -> float:
+    """The choice's metric of a candidate on the validation split (for reconstruction: its MSE,
+    which needs no anomaly labels)."""
+    inputs, outputs = io_details(make_interpreter(model))
     # Reference kernels: the same results on every CPU, so every machine makes the same choice.
     result = LiteRTHost(reference=True).run(model, inputs[0].quantize(x))
-    return float(np.mean(np.argmax(result.outputs, axis=-1) == y))
+    return evaluate(task, outputs[0].dequantize(result.outputs), y)[headline(task).name]
 
 
 def run(ctx: BuildContext) -> StageResult:
     precision = ctx.target.precision
     mode = precision.mode
+    task = ctx.recipe.task
+    metric = headline(task)
     representative = ctx.x_fit
     candidates: list[tuple[str, Any]] = []
     if mode == "int8" and ctx.qat_model is not None:
@@ -51,7 +56,7 @@ def run(ctx: BuildContext) -> StageResult:
     for name, model in candidates:
         tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=only)
         try:
-            score = _score(tflite, x_sel, y_sel)
+            score = _score(tflite, x_sel, y_sel, task)
         except BuildError as e:
             if not sparse:
                 raise
@@ -59,12 +64,12 @@ def run(ctx: BuildContext) -> StageResult:
             refused = str(e).removeprefix("LiteRT cannot load the model: ")
             sparse = False  # the other candidate and the artifact are stored dense too
             tflite = convert_keras(model, mode, precision.io, representative, signature=only)
-            score = _score(tflite, x_sel, y_sel)
+            score = _score(tflite, x_sel, y_sel, task)
         converted.append((name, tflite, score))
         if len(candidates) > 1:
-            ctx.reporter.note(f"{name}: {len(tflite)} bytes, validation accuracy {score:.2%}")
-    # Highest accuracy wins; max() keeps the first on a tie, so QAT wins ties.
-    chosen, ctx.tflite, _ = max(converted, key=lambda c: c[2])
+            ctx.reporter.note(f"{name}: {len(tflite)} bytes, validation {describe({metric.name: score})}")
+    # The best validation metric wins; on a tie, the smaller artifact.
+    chosen, ctx.tflite, _ = min(converted, key=lambda c: (-c[2] if metric.higher_is_better else c[2], len(c[1])))
     if not only:
         model = dict(candidates)[chosen]
         ctx.tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=True)

@@ -17,7 +17,8 @@ from edgebuild.costs import keras_costs
 from edgebuild.models import build_model
 from edgebuild.results import StageResult, skipped
 from edgebuild.stages.tuning import fine_tune
-from edgebuild.training import SoftTargets, accuracy, teacher_logits, weights_from, weights_of
+from edgebuild.tasks import describe
+from edgebuild.training import SoftTargets, teacher_logits, weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -26,24 +27,27 @@ def run(ctx: BuildContext) -> StageResult:
         return skipped("the recipe has no [distill] table")
     architecture = ctx.recipe.student_architecture
     assert architecture is not None
-    data = ctx.data
-    ctx.soft_targets = SoftTargets(teacher_logits(ctx.teacher_model, ctx.x_fit), plan.temperature, plan.alpha)
+    ctx.soft_targets = SoftTargets(
+        teacher_logits(ctx.teacher_model, ctx.x_fit, ctx.recipe.task), plan.temperature, plan.alpha
+    )
     student = _student(ctx)
     learning_rate = plan.learning_rate or ctx.recipe.train.learning_rate
     fine_tune(ctx, student, epochs=plan.epochs, learning_rate=learning_rate, seed_offset=1, what="distill student")
     ctx.model = student
-    ctx.stage_accuracy["distill"] = accuracy(student, data.x_test, data.y_test, "the distilled student")
+    metrics = ctx.stage_metrics["distill"] = ctx.score(student, "the distilled student")
     ctx.costs["distill"] = keras_costs(student, ctx.x_fit[0])
     return StageResult(
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "
-        f"test accuracy {ctx.stage_accuracy['distill']:.2%} (teacher {ctx.teacher.accuracy:.2%})"
+        f"test {describe(metrics)} (teacher {describe(ctx.teacher.metrics)})"
     )
 
 
 def _student(ctx: BuildContext) -> Any:
     plan, architecture = ctx.recipe.distill, ctx.recipe.student_architecture
     assert plan is not None and architecture is not None
-    return build_model(architecture, ctx.data.input_shape, ctx.data.num_classes, plan.student_width)
+    data = ctx.data
+    outputs = data.num_classes if data.task == "classification" else data.output_shape
+    return build_model(architecture, data.input_shape, outputs, plan.student_width, data.task)
 
 
 def cache_parts(ctx: BuildContext) -> list[Any]:

@@ -21,6 +21,7 @@ from edgebuild.tflite import flatbuffer_ops
 def firmware_model(ctx: BuildContext) -> FirmwareModel:
     """The generated C's view of this build."""
     recipe, target, artifact = ctx.recipe, ctx.target, ctx.artifact
+    contract = artifact.input_contract
     arena = artifact.arena_bytes
     if arena is not None and ctx.npu is not None:
         # TFLM on the host cannot run the NPU's op: Vela's SRAM plan is the arena estimate.
@@ -36,6 +37,9 @@ def firmware_model(ctx: BuildContext) -> FirmwareModel:
         outputs=[t.as_dict() for t in artifact.outputs],
         labels=ctx.data.labels,
         ops=sorted(set(flatbuffer_ops(ctx.deploy_tflite))),
+        task=ctx.data.task,
+        trained_range=(contract.trained_min, contract.trained_max) if contract is not None else None,
+        anomaly_threshold=artifact.anomaly_threshold,
     )
 
 
@@ -71,7 +75,11 @@ def run(ctx: BuildContext) -> StageResult:
             "inputs": model.inputs,
             "outputs": model.outputs,
             "labels": list(model.labels),
+            "task": ctx.data.task,
             "accuracy": {"artifact": ctx.artifact.accuracy, "float_teacher": ctx.teacher.accuracy},
+            "metrics": {"artifact": ctx.artifact.metrics, "float_teacher": ctx.teacher.metrics},
+            "input": to_json(ctx.artifact.input_contract),
+            "anomaly_threshold": ctx.artifact.anomaly_threshold,
             "validated_on": ctx.validation.device,
             "budgets": to_json(check_budgets(ctx)),
         }

@@ -3,7 +3,8 @@
 Reads the recipe, the target and the dataset. Writes ``ctx.dataset``, ``ctx.sparsity``
 (what pruning aims for), the fit and validation splits, and ``ctx.float_model`` (built
 or loaded, untrained). Raises
-ConfigError for a dataset or model that does not fit the recipe, and BudgetError
+ConfigError for a dataset or model that does not fit the recipe or a microcontroller
+target whose compiler refuses its cpu or arch (``toolchain.check_machine``), and BudgetError
 for a budget the planned model can never meet, however well it trains.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgebuild.context import BuildContext
-from edgebuild.datasets import load_dataset, split_validation
+from edgebuild.datasets import Dataset, load_dataset, split_validation
 from edgebuild.errors import BudgetError, BuildError, ConfigError
 from edgebuild.models import build_model, load_model
 from edgebuild.results import StageResult
@@ -24,6 +25,7 @@ from edgebuild.runners.tflm_host import check_loads
 from edgebuild.support import SPARSITY_WHY_NOT, missing_ops
 from edgebuild.tf import seed_everything
 from edgebuild.tflite import convert_keras, make_interpreter
+from edgebuild.toolchain import check_machine
 
 BYTES_PER_WEIGHT = {"int8": 1, "dynamic": 1, "float16": 2, "float32": 4}
 BYTES_PER_ACTIVATION = {"int8": 1, "dynamic": 4, "float16": 4, "float32": 4}
@@ -33,12 +35,14 @@ def _shape(tensor_shape: Any) -> tuple[int | None, ...]:
     return tuple(None if d is None else int(d) for d in tensor_shape)
 
 
-def check_model_fits_data(model: Any, input_shape: tuple[int, ...], num_classes: int, where: str) -> None:
-    """The model takes the dataset's samples and has one output per class; ConfigError if not."""
+def check_model_fits_data(model: Any, data: Dataset, where: str) -> None:
+    """The model takes the dataset's samples and outputs what the task needs (one output per class,
+    the regression target's shape, or the input's shape); ConfigError if not."""
+    input_shape = data.input_shape
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ConfigError(
             f"{where}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs",
-            hint="edgebuild builds single-input, single-output classifiers",
+            hint="edgebuild builds single-input, single-output models",
         )
     model_in = _shape(model.inputs[0].shape)[1:]
     if None in model_in:
@@ -56,10 +60,16 @@ def check_model_fits_data(model: Any, input_shape: tuple[int, ...], num_classes:
             hint="use a dataset that matches the model, or a model built for this data",
         )
     model_out = _shape(model.outputs[0].shape)[1:]
-    if model_out != (num_classes,):
+    expected = data.output_shape
+    if model_out != expected:
+        needs = {
+            "classification": f"the dataset has {data.num_classes} classes",
+            "regression": f"the regression targets have shape {expected}",
+            "reconstruction": f"a reconstruction model outputs its input's shape {expected}",
+        }[data.task]
         raise ConfigError(
-            f"{where}: the model outputs shape {model_out} but the dataset has {num_classes} classes",
-            hint=f"the model's last layer needs {num_classes} units",
+            f"{where}: the model outputs shape {model_out} but {needs}",
+            hint=f"the model's last layer must output shape {expected} (task = {data.task!r})",
         )
 
 
@@ -79,6 +89,25 @@ def warn_input_scale(ctx: BuildContext, model: Any) -> None:
         f"the training inputs range from {low:g} to {high:g}; models train best on inputs scaled to about "
         "[-1, 1] or [0, 1]: scale the data (e.g. divide images by 255) or start the model with a Rescaling layer"
     )
+
+
+def warn_test_range(ctx: BuildContext) -> None:
+    """Warn when the test inputs reach far outside the range the model is trained on (a tenth of it):
+    the scores would then measure data the model never saw, as a device fed differently scaled data would."""
+    data = ctx.data
+    low, high = float(data.x_train.min()), float(data.x_train.max())
+    margin = 0.1 * max(high - low, 1e-12)
+    test_low, test_high = float(data.x_test.min()), float(data.x_test.max())
+    if test_low < low - margin or test_high > high + margin:
+        ctx.warn(
+            f"the test inputs range from {test_low:g} to {test_high:g}, far outside the training inputs' "
+            f"{low:g} to {high:g}: were both split's inputs scaled the same way?"
+        )
+
+
+def _outputs(data: Dataset) -> int | tuple[int, ...]:
+    """What ``build_model`` needs to know of the outputs: the classes, or the output's shape."""
+    return data.num_classes if data.task == "classification" else data.output_shape
 
 
 def _largest_activation_pair(model: Any) -> int:
@@ -123,6 +152,8 @@ def check_tflm_ops(model: Any, where: str) -> None:
 
 def run(ctx: BuildContext) -> StageResult:
     recipe, target = ctx.recipe, ctx.target
+    if target.runtime == "tflm":
+        check_machine(target)  # seconds, before the data and the model; a missing compiler is the link stage's warning
     data = load_dataset(recipe)
     ctx.dataset = data
     ctx.x_fit, ctx.y_fit, ctx.x_val, ctx.y_val = split_validation(
@@ -143,15 +174,26 @@ def run(ctx: BuildContext) -> StageResult:
         ctx.float_model = load_model(model_path, where, allow_unsafe=ctx.allow_unsafe_model)
     else:
         assert recipe.model.architecture is not None
-        ctx.float_model = build_model(recipe.model.architecture, data.input_shape, data.num_classes, recipe.model.width)
-    check_model_fits_data(ctx.float_model, data.input_shape, data.num_classes, where)
+        ctx.float_model = build_model(
+            recipe.model.architecture, data.input_shape, _outputs(data), recipe.model.width, recipe.task
+        )
+    check_model_fits_data(ctx.float_model, data, where)
+    if recipe.task == "reconstruction" and data.anomaly_test is None and recipe.budgets.max_mse_increase is None:
+        raise ConfigError(
+            f"{recipe.source}: key 'budgets.max_mse_increase': the test split has no anomaly labels, so the only "
+            "budget on the artifact's quality is its reconstruction error",
+            hint="add [budgets] max_mse_increase (in the squared units of x), or y_test anomaly labels (0/1)",
+        )
     warn_input_scale(ctx, ctx.float_model)
+    warn_test_range(ctx)
 
     deployed = ctx.float_model
     if recipe.distill is not None:
         student_arch = recipe.student_architecture
         assert student_arch is not None
-        deployed = build_model(student_arch, data.input_shape, data.num_classes, recipe.distill.student_width)
+        deployed = build_model(
+            student_arch, data.input_shape, _outputs(data), recipe.distill.student_width, recipe.task
+        )
 
     sparsity = ctx.sparsity = target.sparsity
     if sparsity.target > 0 and sparsity.structure not in sparsity.exploitable:
@@ -169,11 +211,13 @@ def run(ctx: BuildContext) -> StageResult:
         )
 
     if target.sparsity.target > 0 and recipe.prune is None:
-        raise BudgetError(
-            f"{target.source}: key 'sparsity.target' asks for {target.sparsity.target:.0%} sparsity "
-            f"but the recipe {recipe.source} has no [prune] table",
-            hint="add a [prune] table to the recipe, or use a target without a sparsity budget",
-        )
+        if target.sparsity.required:
+            raise BudgetError(
+                f"{target.source}: key 'sparsity.required': the profile requires {target.sparsity.target:.0%} "
+                f"sparsity but the recipe {recipe.source} has no [prune] table",
+                hint="add a [prune] table to the recipe, or use a target that does not require sparsity",
+            )
+        ctx.sparsity = dataclasses.replace(ctx.sparsity, target=0.0)  # nothing to aim for: no pruning
 
     if target.runtime == "tflm":
         check_tflm_ops(deployed, where)
@@ -200,5 +244,6 @@ def run(ctx: BuildContext) -> StageResult:
         )
     return StageResult(
         f"{data.name}: {len(ctx.x_fit)} train / {len(ctx.x_val)} validation / {len(data.x_test)} test, "
-        f"{data.num_classes} classes; deployed model {params} parameters, {mode}"
+        f"{f'{data.num_classes} classes' if data.task == 'classification' else data.task}; "
+        f"deployed model {params} parameters, {mode}"
     )

@@ -22,8 +22,9 @@ from edgebuild.costs import keras_costs
 from edgebuild.results import Pruning, StageResult, from_json, skipped, to_json
 from edgebuild.stages.tuning import fine_tune
 from edgebuild.surgery import LayerChannels, producer_channels, prune_channels
+from edgebuild.tasks import describe
 from edgebuild.tf import keras, tfmot
-from edgebuild.training import accuracy, weights_from, weights_of
+from edgebuild.training import weights_from, weights_of
 
 
 def keras_sparsity(model: object) -> float:
@@ -45,9 +46,9 @@ def run(ctx: BuildContext) -> StageResult:
     if sparsity.target == 0:
         return skipped("the target asks for no sparsity")
     summary = _prune_channels(ctx) if sparsity.structure == "channel" else _prune_magnitude(ctx)
-    ctx.stage_accuracy["prune"] = accuracy(ctx.model, ctx.data.x_test, ctx.data.y_test, "the pruned model")
+    metrics = ctx.stage_metrics["prune"] = ctx.score(ctx.model, "the pruned model")
     ctx.costs["prune"] = keras_costs(ctx.model, ctx.x_fit[0])
-    return StageResult(f"{summary}, test accuracy {ctx.stage_accuracy['prune']:.2%}")
+    return StageResult(f"{summary}, test {describe(metrics)}")
 
 
 def _fine_tune(ctx: BuildContext, model: Any, epochs: int, what: str, callbacks: tuple[Any, ...] = ()) -> None:

@@ -15,8 +15,9 @@ from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.results import StageResult, skipped
 from edgebuild.stages.tuning import fine_tune
+from edgebuild.tasks import describe
 from edgebuild.tf import keras, tfmot
-from edgebuild.training import accuracy, weights_from, weights_of
+from edgebuild.training import weights_from, weights_of
 
 
 def run(ctx: BuildContext) -> StageResult:
@@ -37,9 +38,9 @@ def run(ctx: BuildContext) -> StageResult:
         what="quantization-aware training",
     )
     ctx.qat_model = qat_model
-    ctx.stage_accuracy["qat"] = accuracy(qat_model, ctx.data.x_test, ctx.data.y_test, "the quantization-aware model")
+    metrics = ctx.stage_metrics["qat"] = ctx.score(qat_model, "the quantization-aware model")
     kind = "prune-preserving " if _has_zeros(ctx) else ""
-    return StageResult(f"{kind}QAT {plan.epochs} epochs: fake-quantized test accuracy {ctx.stage_accuracy['qat']:.2%}")
+    return StageResult(f"{kind}QAT {plan.epochs} epochs: fake-quantized test {describe(metrics)}")
 
 
 CALIBRATION_SAMPLES = 512

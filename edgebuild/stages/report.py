@@ -17,6 +17,7 @@ from edgebuild.budgets import budget_table, check_budgets
 from edgebuild.context import BuildContext
 from edgebuild.memory import peak_bytes
 from edgebuild.results import StageResult, to_json
+from edgebuild.tasks import ANOMALY_PERCENTILE, describe
 from edgebuild.tf import build_threads, versions
 
 
@@ -28,19 +29,25 @@ def _evolution(report: dict[str, Any]) -> list[str]:
         "",
         "## The model at each stage",
         "",
-        "| stage | accuracy | parameters | MACs | .tflite bytes | TFLM arena | host latency (1 thread) |",
+        "| stage | test metrics | parameters | MACs | .tflite bytes | TFLM arena | host latency (1 thread) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for stage, label in names.items():
         p = profiles.get(stage)
         if not p:
             continue
-        accuracy = report["stage_accuracy"].get(stage, p.get("accuracy"))
+        metrics = report["stage_metrics"].get(stage) or (report["artifact"]["metrics"] if stage == "artifact" else {})
         arena = f"{p['arena_bytes']:,}" if p.get("arena_bytes") else "-"
-        lines.append(
-            f"| {label} | {accuracy:.2%} | {p['parameters']:,} | {p['macs']:,} | {p['tflite_bytes']:,} | {arena} | "
-            f"{p['host_latency_ms'] * 1000:.1f} µs |"
-        )
+        sizes = f"{p['parameters']:,} | {p['macs']:,} | {p['tflite_bytes']:,} | {arena}"
+        lines.append(f"| {label} | {describe(metrics)} | {sizes} | {p['host_latency_ms'] * 1000:.1f} µs |")
+    matrix = report["artifact"].get("confusion_matrix")
+    if matrix:
+        labels = list(report["artifact"]["per_class_accuracy"])
+        lines += ["", "Confusion matrix of the artifact on the test split (rows: true class, columns: predicted):", ""]
+        lines += ["| | " + " | ".join(labels) + " | accuracy |", "|---" * (len(labels) + 2) + "|"]
+        for label, row in zip(labels, matrix, strict=True):
+            share = report["artifact"]["per_class_accuracy"][label]
+            lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + f" | {share:.1%} |")
     pruning = report.get("pruning") or {}
     if pruning.get("layers"):
         lines += ["", f"Channel pruning ({pruning['criterion']}):", "", "| layer | kind | channels before | after |"]
@@ -54,23 +61,33 @@ def _markdown(report: dict[str, Any], table: str) -> str:
     lines = [
         f"# edgebuild report: {report['recipe']} for {report['target']}",
         "",
-        f"- Float teacher: accuracy {teacher['accuracy']:.2%}, float32 .tflite {teacher['tflite_bytes']:,} bytes",
-        f"- Artifact ({artifact['precision']}): accuracy {artifact['accuracy']:.2%}, "
+        f"- Task: {report['task']}",
+        f"- Float teacher: {describe(teacher['metrics'])}, float32 .tflite {teacher['tflite_bytes']:,} bytes",
+        f"- Artifact ({artifact['precision']}): {describe(artifact['metrics'])}, "
         f"{artifact['tflite_bytes']:,} bytes, sparsity {artifact['sparsity']:.1%}",
     ]
+    if artifact.get("anomaly_threshold") is not None:
+        lines.append(
+            f"- Anomaly threshold (the {ANOMALY_PERCENTILE:g}th percentile of the validation split's reconstruction "
+            f"error): {artifact['anomaly_threshold']:.6g}"
+        )
+    if report.get("sparsity_note"):
+        lines.append(f"- Sparsity: {report['sparsity_note']}")
     if artifact.get("arena_bytes") is not None:
         lines.append(f"- TFLM tensor arena: {artifact['arena_bytes']:,} bytes")
     lines += [
         f"- Validated on: {validation['device']}",
         f"- Against {validation['reference']}: {validation['mismatched_outputs']} of "
         f"{validation['compared_outputs']} outputs differ, max {validation['max_lsb_diff']} LSB, "
-        f"top-1 agreement {validation['top1_agreement']:.2%}",
+        f"top-1 agreement {validation['top1_agreement']:.2%}"
+        if report["task"] == "classification"
+        else "",
         "- Latency on that device: "
         + ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in validation["latency"].items()),
     ]
     run = validation.get("device_run")
     if run:
-        accuracy = f"accuracy {run['accuracy']:.2%}, " if run.get("accuracy") is not None else ""
+        accuracy = f"{describe(run['metrics'])}, " if run.get("metrics") else ""
         latency = ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in run["latency"].items())
         lines.append(
             f"- Also ran on {run['device']} ({run['measured_on']}): {accuracy}latency {latency} ({run['latency_note']})"
@@ -111,6 +128,17 @@ def _markdown(report: dict[str, Any], table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sparsity_note(ctx: BuildContext) -> str | None:
+    """Says plainly when the profile's sparsity was not applied because the recipe does not prune."""
+    asked = ctx.target.sparsity
+    if ctx.pruning is not None or asked.target == 0:
+        return None
+    return (
+        f"none applied: the recipe has no [prune] table (the profile's {asked.target:.0%} {asked.structure} "
+        "sparsity is what the builder aims for when a recipe prunes)"
+    )
+
+
 def run(ctx: BuildContext) -> StageResult:
     start = time.perf_counter()
     ctx.budgets = check_budgets(ctx)
@@ -125,9 +153,12 @@ def run(ctx: BuildContext) -> StageResult:
         "conversion": to_json(ctx.conversion),
         "npu": to_json(ctx.npu),
         "firmware": to_json(ctx.firmware),
-        "stage_accuracy": ctx.stage_accuracy,
+        "task": ctx.recipe.task,
+        "stage_accuracy": {name: m["accuracy"] for name, m in ctx.stage_metrics.items() if "accuracy" in m},
+        "stage_metrics": ctx.stage_metrics,
         "profiles": to_json(ctx.costs),
         "pruning": to_json(ctx.pruning),
+        "sparsity_note": _sparsity_note(ctx),
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,
         "unsafe_model_allowed": ctx.allow_unsafe_model,

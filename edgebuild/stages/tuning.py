@@ -35,4 +35,5 @@ def fine_tune(
         what=what,
         teacher=ctx.soft_targets,
         callbacks=callbacks,
+        task=ctx.recipe.task,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,23 @@ from edgebuild.cache import Entry
 from edgebuild.context import BuildContext
 from edgebuild.costs import tflite_costs
 from edgebuild.errors import BuildError
-from edgebuild.results import Artifact, Comparison, DeviceRun, OpCheck, StageResult, Validation, from_json, to_json
+from edgebuild.results import (
+    Artifact,
+    Comparison,
+    DeviceRun,
+    InputContract,
+    OpCheck,
+    StageResult,
+    Validation,
+    from_json,
+    to_json,
+)
 from edgebuild.runners import DEVICE_RUNNERS, OUTPUTS, REFERENCE, Runner
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
 from edgebuild.runners.tflm_host import TflmHost, find_min_arena
-from edgebuild.tflite import io_details, make_interpreter, op_names, weight_sparsity
+from edgebuild.tasks import anomaly_threshold, confusion, describe, evaluate, reconstruction_errors
+from edgebuild.tflite import TensorInfo, io_details, make_interpreter, op_names, weight_sparsity
 from edgebuild.training import check_outputs
 
 MAX_LSB_DIFF = 1
@@ -93,23 +105,28 @@ def run(ctx: BuildContext) -> StageResult:
     runner, arena = _host_runner(ctx, x[0])
     result = runner.run(ctx.tflite, x)
     check_outputs(result.outputs, f"the converted model on {target.validate.runner}")
-    host_accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == data.y_test))
+    score = _scorer(ctx, outputs[0])
+    host_metrics = score(result.outputs)
     differences = compare_outputs(result.outputs, reference.outputs)
     integer = np.issubdtype(result.outputs.dtype, np.integer)
     ops = _check_ops(ctx, interpreter, x, arena) if integer else ()
     minimum = target.validate.min_top1_agreement
-    if differences.top1_agreement < minimum:
+    if data.task == "classification" and differences.top1_agreement < minimum:
         raise BuildError(
             f"validate: top-1 agreement with LiteRT's reference kernels is {differences.top1_agreement:.2%}, "
             f"below the target's validate.min_top1_agreement of {minimum:.2%}",
             hint="lower validate.min_top1_agreement only if such disagreement is expected",
         )
-    device_run = _run_on_device(ctx, x, reference.outputs) if ctx.device.kind != "host" else None
-    on_device = device_run is not None and device_run.accuracy is not None
-    accuracy = device_run.accuracy if device_run is not None and device_run.accuracy is not None else host_accuracy
+    device_run = _run_on_device(ctx, x, reference.outputs, score) if ctx.device.kind != "host" else None
+    on_device = device_run is not None and bool(device_run.metrics)
+    metrics = device_run.metrics if device_run is not None and on_device else host_metrics
+    threshold = None
+    if data.task == "reconstruction" and len(ctx.x_val):
+        val_outputs = runner.run(ctx.tflite, inputs[0].quantize(ctx.x_val)).outputs
+        threshold = anomaly_threshold(reconstruction_errors(outputs[0].dequantize(val_outputs), ctx.x_val))
     names = op_names(interpreter)
     ctx.artifact_facts = Artifact(
-        accuracy=accuracy,
+        accuracy=metrics.get("accuracy"),
         tflite_bytes=len(ctx.tflite),
         sha256=hashlib.sha256(ctx.tflite).hexdigest(),
         precision=target.precision.mode,
@@ -122,10 +139,15 @@ def run(ctx: BuildContext) -> StageResult:
         ops={op: names.count(op) for op in sorted(set(names))},
         inputs=tuple(inputs),
         outputs=tuple(outputs),
-        host_accuracy=host_accuracy if on_device else None,
+        metrics=metrics,
+        host_accuracy=host_metrics.get("accuracy") if on_device else None,
+        host_metrics=host_metrics if on_device else None,
+        anomaly_threshold=threshold,
+        **_classes(ctx, result.outputs),
+        input_contract=_input_contract(data.x_train, inputs[0]),
     )
     ctx.costs["artifact"] = dataclasses.replace(
-        tflite_costs(ctx.tflite, data.x_test[0], arena=False), arena_bytes=arena, accuracy=host_accuracy
+        tflite_costs(ctx.tflite, data.x_test[0], arena=False), arena_bytes=arena, accuracy=host_metrics.get("accuracy")
     )
     ctx.validation_facts = Validation(
         **dataclasses.asdict(differences),
@@ -142,16 +164,58 @@ def run(ctx: BuildContext) -> StageResult:
     lsb = differences.max_lsb_diff
     arena_text = f", arena {arena} bytes" if arena is not None else ""
     per_op = ctx.validation.max_op_lsb_diff
+    agreement = f", top-1 agreement {differences.top1_agreement:.2%}" if data.task == "classification" else ""
     return StageResult(
-        f"{target.validate.runner}: accuracy {accuracy:.2%}{arena_text}; vs reference kernels "
+        f"{target.validate.runner}: {describe(metrics)}{arena_text}; vs reference kernels "
         f"{differences.mismatched_outputs}/{differences.compared_outputs} outputs differ "
         f"(max {lsb if lsb is not None else differences.max_abs_diff}; per op "
-        f"{per_op if per_op is not None else '-'}), "
-        f"top-1 agreement {differences.top1_agreement:.2%}"
+        f"{per_op if per_op is not None else '-'}){agreement}"
     )
 
 
-def _run_on_device(ctx: BuildContext, x: np.ndarray, reference: np.ndarray) -> DeviceRun:
+def _input_contract(x: np.ndarray, given: TensorInfo) -> InputContract:
+    """The training inputs' range per channel and in all, and what the quantized input can represent."""
+    channels = x.reshape(-1, x.shape[-1])
+    quantized: tuple[float | None, float | None] = (None, None)
+    if given.dtype in ("int8", "uint8") and given.scale > 0:
+        info = np.iinfo(given.dtype)
+        quantized = ((info.min - given.zero_point) * given.scale, (info.max - given.zero_point) * given.scale)
+    return InputContract(
+        channel_min=tuple(float(v) for v in channels.min(axis=0)),
+        channel_max=tuple(float(v) for v in channels.max(axis=0)),
+        channel_mean=tuple(round(float(v), 6) for v in channels.mean(axis=0)),
+        trained_min=float(x.min()),
+        trained_max=float(x.max()),
+        quantized_min=quantized[0],
+        quantized_max=quantized[1],
+    )
+
+
+def _classes(ctx: BuildContext, outputs: np.ndarray) -> dict[str, Any]:
+    """A classifier's per-class accuracy and confusion matrix on the test split (rows: true classes)."""
+    data = ctx.data
+    if data.task != "classification":
+        return {}
+    matrix = confusion(outputs, data.y_test, data.num_classes)
+    per_class = {
+        label: row[i] / max(1, sum(row)) for i, (label, row) in enumerate(zip(data.labels, matrix, strict=True))
+    }
+    return {"per_class_accuracy": per_class, "confusion_matrix": tuple(tuple(row) for row in matrix)}
+
+
+def _scorer(ctx: BuildContext, output: TensorInfo) -> Callable[[np.ndarray], dict[str, float]]:
+    """The task's metrics of the artifact's raw outputs on the test split (dequantized first)."""
+    data = ctx.data
+
+    def score(raw: np.ndarray) -> dict[str, float]:
+        return evaluate(data.task, output.dequantize(raw), data.y_test, data.anomaly_test)
+
+    return score
+
+
+def _run_on_device(
+    ctx: BuildContext, x: np.ndarray, reference: np.ndarray, score: Callable[[np.ndarray], dict[str, float]]
+) -> DeviceRun:
     """Run the artifact on ``ctx.device``: latency, and where the runner brings outputs back,
     accuracy and output differences measured there.
 
@@ -172,8 +236,13 @@ def _run_on_device(ctx: BuildContext, x: np.ndarray, reference: np.ndarray) -> D
     )
     if OUTPUTS not in runner.capabilities:
         return run
-    accuracy = float(np.mean(np.argmax(result.outputs, axis=-1) == ctx.data.y_test))
-    run = dataclasses.replace(run, accuracy=accuracy, vs_host_reference=compare_outputs(result.outputs, reference))
+    metrics = score(result.outputs)
+    run = dataclasses.replace(
+        run,
+        accuracy=metrics.get("accuracy"),
+        metrics=metrics,
+        vs_host_reference=compare_outputs(result.outputs, reference),
+    )
     if REFERENCE not in runner.capabilities:
         return run
     same = compare_outputs(runner.run(ctx.tflite, x, reference=True).outputs, reference)
