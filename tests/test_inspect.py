@@ -244,7 +244,7 @@ def _assert_config_error(path: Path, *needles: str) -> None:
 def test_files_that_are_not_models(built: tuple[dict[str, Path], int], tmp_path: Path) -> None:
     good = built[0]["int8"].read_bytes()
     cases = {
-        "missing.tflite": (None, "no such file"),
+        "missing.tflite": (None, "does not exist"),
         "empty.tflite": (b"", "empty"),
         "garbage.tflite": (np.random.default_rng(1).bytes(4096), "not a .tflite"),
         "text.tflite": (b"hello, world\n", "not a .tflite"),
