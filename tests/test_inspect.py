@@ -261,7 +261,7 @@ def test_files_that_are_not_models(built: tuple[dict[str, Path], int], tmp_path:
     huge = tmp_path / "huge.tflite"
     with huge.open("wb") as f:  # sparse: takes no disk space
         f.truncate(MAX_TFLITE_BYTES + 1)
-    _assert_config_error(huge, "512 MiB")
+    _assert_config_error(huge, f"more than the {MAX_TFLITE_BYTES:,} edgebuild reads")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
