@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Literal
 
-SHIPPED_TARGETS = ("rpi4", "cortex-m4", "android", "cortex-m7", "cortex-m55-u55")
+SHIPPED_TARGETS = ("rpi4", "cortex-m4", "android", "cortex-m7", "cortex-m55-u55", "esp32-c3")
 # The accuracy a compressed model may lose against its float teacher, in points: a goal
 # of its own for channel pruning, and the condition of each target's compression goal.
 MAX_DROP_POINTS = 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import BENCH, failure, read_report, run_edgebuild, shipped, write_table
+from common import BENCH, failure, read_report, run_edgebuild
 from goals import Measurement, failed
 
 from edgebuild.tflite import io_details, make_interpreter
@@ -74,16 +74,13 @@ def kws(folder: Path, project: Path) -> dict[str, Any]:
     np.savez(project / "kws.npz", x_train=x[calibration], y_train=y[calibration], x_test=x[held], y_test=y[held])
     shutil.copytree(folder / "kws_ref_model", project / "kws_ref_model")
     shutil.copy(BENCH / "kws" / "kws.toml", project / "kws.toml")
-    # cortex-m4 without its sparsity budget: the pretrained model is quantized, not pruned
-    # (there is no training set to fine-tune a pruned model on).
-    target = shipped("targets", "cortex-m4")
-    target["sparsity"] = {**target["sparsity"], "target": 0.0}
-    write_table(project, "targets", "cortex-m4-ptq", target)
-    run = run_edgebuild(project, "kws.toml", "cortex-m4-ptq")
+    # The stock cortex-m4 profile: the recipe has no [prune] (there is no training set to
+    # fine-tune a pruned model on), so the pretrained model is quantized, not pruned.
+    run = run_edgebuild(project, "kws.toml", "cortex-m4")
     if run.returncode:
-        return failure(run, "edgebuild kws cortex-m4-ptq")
-    report = read_report(project, "kws", "cortex-m4-ptq")
-    ours = (project / "build" / "kws" / "cortex-m4-ptq" / "model.tflite").read_bytes()
+        return failure(run, "edgebuild kws cortex-m4")
+    report = read_report(project, "kws", "cortex-m4")
+    ours = (project / "build" / "kws" / "cortex-m4" / "model.tflite").read_bytes()
     reference = (folder / "kws_ref_model.tflite").read_bytes()
     ours_q = _quantize(ours, x[held])
     ours_arena = find_min_arena(ours, ours_q[0])
