@@ -17,13 +17,15 @@ ARG DEBIAN_FRONTEND=noninteractive
 # compiles the generated C/C++ with the host compilers. gcc-arm-none-eabi, libnewlib-arm-none-eabi:
 # the Cortex-M compile and link check; gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf: the same
 # for RISC-V microcontrollers (esp32-c3). qemu-user-static: runs arm64 programs (emulated runners).
+# libstdc++-arm-none-eabi-newlib, qemu-system-arm: TFLM firmware built and run on an emulated
+# Cortex-M board (--device qemu on microcontroller targets).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates python3 python3-venv \
       g++ cmake make \
-      gcc-arm-none-eabi libnewlib-arm-none-eabi \
+      gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib \
       gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf \
-      qemu-user-static \
+      qemu-user-static qemu-system-arm \
  && rm -rf /var/lib/apt/lists/*
 
 # Every Python dependency, exactly as locked (versions and sha256 of every file), from

@@ -17,7 +17,18 @@ from edgebuild.datasets import Dataset
 from edgebuild.devices import DeviceSpec
 from edgebuild.firmware import FirmwareModel
 from edgebuild.progress import Reporter
-from edgebuild.results import Artifact, Budget, Conversion, Costs, Firmware, NpuEstimate, Pruning, Teacher, Validation
+from edgebuild.results import (
+    Artifact,
+    Budget,
+    Conversion,
+    Costs,
+    Firmware,
+    NpuEstimate,
+    Pruning,
+    QatLayer,
+    Teacher,
+    Validation,
+)
 from edgebuild.schema import Recipe, Sparsity, Target
 from edgebuild.tasks import Metric, headline
 from edgebuild.training import SoftTargets, evaluate_model
@@ -72,6 +83,8 @@ class BuildContext:
     stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # on the test split, by stage
     costs: dict[str, Costs] = field(default_factory=dict)  # each stage's model, by stage ("artifact" for validate)
     pruning: Pruning | None = None
+    qat_layers: tuple[QatLayer, ...] = ()  # what QAT did with each layer; () when it did not run
+    qat_refused: str | None = None  # why QAT could not take the model (post-training quantization only)
     conversion: Conversion | None = None
     artifact_facts: Artifact | None = None
     validation_facts: Validation | None = None

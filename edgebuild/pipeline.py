@@ -40,6 +40,7 @@ from edgebuild.memory import MemoryWatch
 from edgebuild.progress import Reporter
 from edgebuild.publish import check_out_folder, make_work_folder, protected_folders, publish
 from edgebuild.results import Costs, StageResult, from_json, to_json
+from edgebuild.runners import FIRMWARE_RUNNERS
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
 from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, seed_everything, versions
@@ -313,10 +314,15 @@ def check_options(target: Target, options: BuildOptions) -> None:
     """ConfigError for command-line choices that cannot work with this target."""
     device = options.device or parse_device(target.validate.device)
     if device.kind != "host" and target.runtime == "tflm":
-        raise ConfigError(
-            f"--device {device.label} runs LiteRT on Linux; target {target.name} validates on the TFLM interpreter",
-            hint="use --device with the rpi4 or android targets",
-        )
+        if device.kind not in FIRMWARE_RUNNERS:
+            raise ConfigError(
+                f"--device {device.label} runs LiteRT on Linux; target {target.name} runs TFLM firmware",
+                hint="use --device qemu (the firmware on an emulated Cortex-M board), or this device with the "
+                "rpi4 or android targets",
+            )
+        from edgebuild.mcu_firmware import check_tools
+
+        check_tools(target)  # a missing qemu-system-arm or compiler, or a cpu no board has: now, not after training
     if device.kind == "adb" and options.benchmark_binary is None:
         raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
 

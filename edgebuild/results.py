@@ -49,11 +49,27 @@ class Pruning:
     """What pruning removed (prune): channels, or weights zeroed in a pattern."""
 
     structure: str  # channel | unstructured | 2:4
-    measured: float  # fraction of prunable channels removed, or of kernel weights zero
+    measured: float  # channels removed, of the layers pruned or skipped (not the output's); or kernel weights zero
     criterion: str | None = None
     parameters_before: int | None = None
     parameters_after: int | None = None
     layers: tuple[LayerChannels, ...] = ()
+
+
+@dataclass(frozen=True)
+class QatLayer:
+    """What quantization-aware training did with one layer (qat).
+
+    ``action``: ``tf-mot`` (TF-MOT's own quantize config), ``output-quantized`` (edgebuild's
+    config: the output is fake-quantized), ``pass-through`` (edgebuild's config: nothing is
+    quantized, the output keeps its input's scale) or ``float`` (left float during QAT; the
+    converter quantizes it after training). ``reason`` says why a layer was left float.
+    """
+
+    layer: str
+    kind: str
+    action: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,33 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class FirmwareRun:
+    """The firmware built from the emitted C (with TFLM) and run on an emulated board (link, with
+    ``--device qemu`` on a TFLM target). Instruction counts are QEMU's (``-icount``), not cycles."""
+
+    machine: str  # qemu-system-arm -M
+    cpu: str
+    kernels: str  # cmsis-nn | reference
+    model_source: str  # which C array ran: the emitted files, or the CPU model on NPU targets
+    sources_sha256: dict[str, str]  # the model files the firmware compiled, by name
+    tflm_commit: str
+    inferences: int
+    instructions: dict[str, float]  # per inference: mean, min, max
+    flash_bytes: int  # the firmware image (vectors, code, read-only data, .data's initial values)
+    ram_bytes: int  # .data, .bss (the arena among it) and the stack
+    sections: dict[str, int]  # by ELF section
+    flash_by_part: dict[str, int]  # model, tflm, cmsis-nn, c library, harness
+    ram_by_part: dict[str, int]  # arena, stack, tflm, cmsis-nn, c library, harness
+    arena_bytes: int  # the header's arena
+    arena_used_bytes: int  # what TFLM used of it on the board
+    stack_bytes: int
+    stack_used_bytes: int  # the deepest the stack went (painted and checked)
+    library_objects: int  # TFLM and CMSIS-NN objects the firmware links
+    library_compiled_objects: int  # of which compiled by this build (0: all cached)
+    library_compile_seconds: float
+
+
+@dataclass(frozen=True)
 class DeviceRun:
     """The artifact on a device (validate with --device): where, how fast, and how close to the host."""
 
@@ -152,6 +195,8 @@ class DeviceRun:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # {} where the runner measures latency only
     vs_host_reference: Comparison | None = None
     reference_kernels_vs_host: Comparison | None = None
+    vs_host_tflm: Comparison | None = None  # firmware runs: against the host's TFLM interpreter
+    firmware: FirmwareRun | None = None  # firmware runs: the firmware and what it measured
 
 
 @dataclass(frozen=True)

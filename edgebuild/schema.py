@@ -201,6 +201,7 @@ class Firmware(_Checked):
     fpu: str = ""  # -mfpu for the arm toolchain ("" = no FPU flags)
     arch: str = ""  # -march for RISC-V, e.g. rv32imc
     abi: str = ""  # -mabi for RISC-V, e.g. ilp32
+    kernels: Literal["cmsis-nn", "reference"] = "cmsis-nn"  # TFLM's kernels in the firmware --device qemu runs
 
     def _check(self) -> None:
         if not re.fullmatch(r"[.A-Za-z0-9_]*", self.section):
@@ -298,11 +299,11 @@ class Target(_Checked):
                 f"the {self.runtime!r} runtime has no kernels for {self.precision.mode} models",
                 f"use one of: {', '.join(PRECISION_FOR_RUNTIME[self.runtime])}",
             )
-        if self.runtime == "tflm" and self.validate.device != "host":
+        if self.runtime == "tflm" and self.validate.device not in ("host", "qemu"):
             raise _Invalid(
                 "validate.device",
                 f"{self.validate.device!r} runs LiteRT on Linux; a TFLM target validates on the TFLM interpreter",
-                "use device = 'host' for microcontroller targets",
+                "use device = 'host', or 'qemu' to also run the firmware on an emulated Cortex-M board",
             )
         if self.runtime == "tflm" and self.memory is None:
             raise _Invalid("memory", "a TFLM target needs a [memory] table", "add flash_bytes and ram_bytes")
@@ -434,6 +435,13 @@ class Recipe(_Checked):
                 "task",
                 f"the {self.dataset} dataset is for {BUILTIN_DATASETS[self.dataset]}, not {self.task}",
                 f"set task = '{BUILTIN_DATASETS[self.dataset]}', or use a dataset for {self.task}",
+            )
+        if self.task != "classification" and self.prune is not None and self.prune.criterion == "taylor":
+            raise _Invalid(
+                "prune.criterion",
+                f"the taylor importance is measured with the cross-entropy of class labels, which a {self.task} "
+                "model does not have",
+                "use criterion = 'l1' or 'l2'",
             )
         if self.task == "regression" and self.budgets.max_mae_increase is None:
             raise _Invalid(

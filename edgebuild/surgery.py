@@ -369,3 +369,39 @@ def skipped_producers(model: Any) -> dict[str, str]:
 def producer_channels(model: Any) -> dict[str, int]:
     """Output channels of every Conv and Dense layer, by name."""
     return {layer.name: int(layer.output_shape[-1]) for layer in model.layers if type(layer).__name__ in _PRODUCERS}
+
+
+BATCH_NORM_SAMPLES = 512  # enough for per-channel means and variances; one pass, in batches
+
+
+def reestimate_batch_norm(model: Any, x: np.ndarray) -> int:
+    """Reset the moving mean and variance of every BatchNormalization of ``model`` to what its input
+    shows on ``x`` (the first ``BATCH_NORM_SAMPLES``), in graph order, each after those before it.
+
+    After surgery the statistics a BatchNorm kept no longer fit its smaller input (a removed
+    channel upstream changed every sum), and with Keras's momentum of 0.99 fine-tuning moves
+    them slowly. The model runs in inference mode (Dropout off), so each BatchNorm gets exactly
+    the statistics it will see when deployed. Writes the layers' moving statistics; returns
+    how many were reset (BatchNorms over another axis than the last are left alone).
+    """
+    k = keras()
+    samples = x[:BATCH_NORM_SAMPLES]
+    reset = 0
+    for layer in model.layers:
+        if type(layer).__name__ != "BatchNormalization" or list(layer.axis) != [len(layer.input_shape) - 1]:
+            continue
+        probe = k.Model(model.inputs, layer.input)
+        total = np.zeros(layer.input_shape[-1])
+        squares = np.zeros(layer.input_shape[-1])
+        count = 0
+        for start in range(0, len(samples), 128):
+            values = np.asarray(probe(samples[start : start + 128], training=False), dtype=np.float64)
+            values = values.reshape(-1, values.shape[-1])
+            total += values.sum(axis=0)
+            squares += (values**2).sum(axis=0)
+            count += len(values)
+        mean = total / count
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(np.maximum(squares / count - mean**2, 0.0).astype(np.float32))
+        reset += 1
+    return reset

@@ -75,6 +75,7 @@ def convert_keras(
             failure = e
     lines = [line for line in log[0].splitlines() if "error" in line.lower()]
     detail = lines[-1].strip() if lines else str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+    detail = detail.split(": error: ")[-1]  # not the MLIR location (a long call stack of Python files)
     raise BuildError(f"TFLiteConverter could not convert the model to {mode}: {detail}")
 
 

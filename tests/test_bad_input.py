@@ -28,9 +28,18 @@ Case = Callable[[Path, Path], tuple[Any, ...]]
 CASES: dict[str, Case] = {}
 
 
+STARTS_TENSORFLOW: set[str] = set()
+
+
 def case(fn: Case) -> Case:
     CASES[fn.__name__] = fn
     return fn
+
+
+def case_with_tensorflow(fn: Case) -> Case:
+    """A case whose run gets as far as loading or building a model, so it starts TensorFlow (about 6 s): slow."""
+    STARTS_TENSORFLOW.add(fn.__name__)
+    return case(fn)
 
 
 def recipe(project: Path, text: str) -> None:
@@ -233,7 +242,7 @@ def adb_without_benchmark_binary(project: Path, models: Path) -> tuple[list[str]
 # ------------------------------------------------------------------ files
 
 
-@case
+@case_with_tensorflow
 def missing_model_file(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick(project, 'architecture = "mlp"\nwidth = 0.5', 'path = "nowhere.keras"')
     return (
@@ -338,7 +347,7 @@ def corrupt_npz(project: Path, models: Path) -> tuple[list[str], int, str]:
     )
 
 
-@case
+@case_with_tensorflow
 def corrupt_h5_model(project: Path, models: Path) -> tuple[list[str], int, str]:
     (project / "m.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
     quick(project, 'architecture = "mlp"\nwidth = 0.5', 'path = "m.h5"')
@@ -352,7 +361,7 @@ def corrupt_h5_model(project: Path, models: Path) -> tuple[list[str], int, str]:
     )
 
 
-@case
+@case_with_tensorflow
 def truncated_keras_model(project: Path, models: Path) -> tuple[list[str], int, str]:
     data = (models / "vector.keras").read_bytes()
     (project / "m.keras").write_bytes(data[: len(data) // 2])
@@ -367,7 +376,7 @@ def truncated_keras_model(project: Path, models: Path) -> tuple[list[str], int, 
     )
 
 
-@case
+@case_with_tensorflow
 def corrupt_saved_model(project: Path, models: Path) -> tuple[list[str], int, str]:
     (project / "saved").mkdir()
     (project / "saved" / "saved_model.pb").write_bytes(b"\x08\x01garbage")
@@ -408,7 +417,7 @@ def truncated_tflite(project: Path, models: Path) -> tuple[list[str], int, str]:
     )
 
 
-@case
+@case_with_tensorflow
 def unsafe_lambda_model(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     model_recipe(project, models, "lambda.keras")
@@ -519,7 +528,7 @@ def train_and_test_shapes_differ(project: Path, models: Path) -> tuple[list[str]
     )
 
 
-@case
+@case_with_tensorflow
 def model_input_does_not_match_data(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     model_recipe(project, models, "vector.keras")
@@ -534,7 +543,7 @@ def model_input_does_not_match_data(project: Path, models: Path) -> tuple[list[s
     )
 
 
-@case
+@case_with_tensorflow
 def op_the_runtime_lacks(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     rng = np.random.default_rng(3)
@@ -560,7 +569,7 @@ def op_the_runtime_lacks(project: Path, models: Path) -> tuple[list[str], int, s
 # ------------------------------------------------------------------ budgets and output
 
 
-@case
+@case_with_tensorflow
 def budget_that_can_never_be_met(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     return (
@@ -608,7 +617,7 @@ def output_folder_read_only(project: Path, models: Path) -> tuple[list[str], int
     )
 
 
-@case
+@case_with_tensorflow
 def disk_full(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     _mount_tmpfs(project / "small", "size=24k")
@@ -880,7 +889,7 @@ def inputs_beyond_float32(project: Path, models: Path) -> tuple[list[str], int, 
     )
 
 
-@case
+@case_with_tensorflow
 def dynamic_input_shape_on_tflm(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     model_recipe(project, models, "dynamic.keras")
@@ -896,7 +905,7 @@ def dynamic_input_shape_on_tflm(project: Path, models: Path) -> tuple[list[str],
     )
 
 
-@case
+@case_with_tensorflow
 def model_with_nan_weights(project: Path, models: Path) -> tuple[list[str], int, str]:
     quick_project(project)
     model_recipe(project, models, "nan.keras")
@@ -978,7 +987,7 @@ def cache_bound_from_the_environment_not_a_number(
     )
 
 
-@case
+@case_with_tensorflow
 def thread_count_from_the_environment_not_a_number(
     project: Path, models: Path
 ) -> tuple[list[str], int, str, dict[str, str]]:
@@ -991,7 +1000,9 @@ def thread_count_from_the_environment_not_a_number(
     )
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow if name in STARTS_TENSORFLOW else ()) for name in sorted(CASES)]
+)
 def test_bad_input(name: str, project: Path, models: Path) -> None:
     args, code, expected, *rest = CASES[name](project, models)
     env = rest[0] if rest else None
@@ -1015,6 +1026,7 @@ def test_bad_input(name: str, project: Path, models: Path) -> None:
                 subprocess.run(["umount", str(project / mount)], check=False)
 
 
+@pytest.mark.slow
 def test_diverging_training_fails_the_build_after_a_warning_on_the_input_range(project: Path) -> None:
     rng = np.random.default_rng(4)
     npz_recipe(project, x_train=(rng.random((60, 6, 6)) * 1e30).astype(np.float32))

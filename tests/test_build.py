@@ -155,6 +155,7 @@ def test_budget_missed_exits_3_and_keeps_previous_artifacts(project: Path) -> No
     assert [p.name for p in project.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_impossible_budget_fails_in_preflight(project: Path) -> None:
     _tight_target(project, 1_000)
     result = run_cli("build", "-r", "digits", "-t", "tight", "-q", cwd=project)

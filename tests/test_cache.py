@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edgebuild.cache import StageCache, cache_key
-from tests.conftest import Build, assert_one_line_error, quick_project, run_cli
+from tests.conftest import Build, assert_error, assert_one_line_error, quick_project, run_cli
 
 REPRODUCIBLE = ("model.tflite", "model_data.h", "model_data.cc", "model_ops.h")
 
@@ -134,13 +134,13 @@ def test_clean_builds_are_byte_identical_and_verify(clean_quick_build: Build, tm
     env = {"EDGEBUILD_CACHE_DIR": str(tmp_path / "cache")}
     result = run_cli("verify", str(out / "manifest.json"), cwd=tmp_path, env=env)
     assert result.code == 0, result.err
-    assert "identical" in result.out
+    assert result.out == f"{out / 'manifest.json'}: identical: every reproducible output matches the rebuild\n"
 
     # A recorded hash that no longer matches is named.
     manifest["outputs"]["model.tflite"] = "0" * 64
     (out / "manifest.json").write_text(json.dumps(manifest))
     result = run_cli("verify", str(out / "manifest.json"), cwd=tmp_path, env=env)
-    assert_one_line_error(result, 1, "1 output(s) differ", "model.tflite")
+    assert_error(result, 1, f"{out / 'manifest.json'}: 1 output(s) differ from the rebuild: model.tflite")
     assert not (tmp_path / "cache").exists()
 
 

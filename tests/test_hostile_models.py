@@ -24,6 +24,10 @@ import pytest
 
 from tests.conftest import QUICK_RECIPE, assert_error, assert_one_line_error, quick_project, run_cli
 
+# Every run here gets as far as edgebuild's preflight, which starts TensorFlow before it looks at the
+# model file (about 6 s a run).
+pytestmark = pytest.mark.slow
+
 MARKER = "payload-ran"
 PAYLOAD_MODULE = "edgebuild_payload"
 # A custom object from the payload module, and a tf_keras Constant initializer whose value is

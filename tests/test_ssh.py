@@ -265,6 +265,7 @@ def test_end_to_end_build_validates_on_the_board(board: Board, project: Path) ->
     assert list(board.tmp["board"].iterdir()) == []
 
 
+@pytest.mark.slow
 def test_unreachable_board_through_the_cli(board: Board, project: Path) -> None:
     """A closed port: the CLI prints one line naming the device and exits 1."""
     quick_project(project)

@@ -123,6 +123,7 @@ def test_regression_for_rpi4_reports_mae_and_its_bundle_prints_values(load: Path
     assert len(printed.stdout.split()) == 1 and float(printed.stdout)  # one predicted value
 
 
+@pytest.mark.slow
 def test_classification_reports_per_class_accuracy_and_confusion(project: Path) -> None:
     quick_project(project)
     result = run_cli("--target", "rpi4-relaxed", "--quiet", cwd=project)
@@ -163,6 +164,7 @@ def test_float_labels_for_a_classifier_point_at_regression(load: Path) -> None:
     assert_one_line_error(result, 2, "y_train has dtype float32", "task = 'regression'")
 
 
+@pytest.mark.slow
 def test_reconstruction_without_labels_needs_an_error_budget(sensors: Path) -> None:
     with np.load(sensors / "sensors.npz") as npz:
         np.savez(sensors / "sensors.npz", x_train=npz["x_train"], x_test=npz["x_test"])
@@ -170,6 +172,7 @@ def test_reconstruction_without_labels_needs_an_error_budget(sensors: Path) -> N
     assert_one_line_error(result, 2, "budgets.max_mse_increase", "no anomaly labels")
 
 
+@pytest.mark.slow
 def test_a_profile_can_require_sparsity(load: Path) -> None:
     target = load / "targets" / "rpi4-relaxed.toml"
     target.write_text(target.read_text().replace("[sparsity]\n", "[sparsity]\nrequired = true\n"))

@@ -91,6 +91,7 @@ def test_esp32_c3_compiles_and_links_a_32_bit_riscv_image(tmp_path: Path) -> Non
     assert "ELF32" in header and "RISC-V" in header and "RVC" in header and "soft-float ABI" in header
 
 
+@pytest.mark.slow
 @needs_riscv
 def test_esp32_c3_quick_build_links_and_reports_regions(project: Path) -> None:
     quick_project(project, targets=("esp32-c3",))
@@ -105,6 +106,7 @@ def test_esp32_c3_quick_build_links_and_reports_regions(project: Path) -> None:
     assert 131_072 + report["firmware"]["arena_bytes"] <= regions["RAM"]["used"] < 393_216
 
 
+@pytest.mark.slow
 @needs_riscv
 def test_missing_riscv_toolchain_warns_and_completes(project: Path, tmp_path: Path) -> None:
     quick_project(project, targets=("esp32-c3",))

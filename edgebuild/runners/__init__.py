@@ -8,8 +8,9 @@ report it. What a runner can do beyond timing is in its ``capabilities``: ``outp
 (it brings back outputs, so accuracy and comparisons can be computed) and ``reference``
 (it can run LiteRT's reference kernels, which must match the host's bit for bit).
 Host runners are chosen by the profile's ``validate.runner``, device runners by
-``--device`` (``DEVICE_RUNNERS``); device runners (qemu, ssh) run ``device_script.py``
-with the device's own Python.
+``--device`` and the target's runtime: ``DEVICE_RUNNERS`` on LiteRT targets (qemu and ssh run
+``device_script.py`` with the device's own Python), ``FIRMWARE_RUNNERS`` on TFLM targets (qemu
+runs the firmware built from the emitted C on an emulated Cortex-M board).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from edgebuild.devices import DeviceSpec
+
+if TYPE_CHECKING:
+    from edgebuild.firmware import FirmwareModel
+    from edgebuild.mcu_firmware import FirmwareImage
 
 
 @dataclass(frozen=True)
@@ -97,5 +102,17 @@ def _adb(spec: DeviceSpec, benchmark_binary: Path | None) -> Runner:
     return AdbDevice(spec, benchmark_binary)
 
 
-# The runner for each kind of --device (imported only when asked for).
+# The runner for each kind of --device on LiteRT targets (imported only when asked for): it runs
+# the .tflite on a Linux device, in the validate stage.
 DEVICE_RUNNERS: dict[str, Callable[[DeviceSpec, Path | None], Runner]] = {"qemu": _qemu, "ssh": _ssh, "adb": _adb}
+
+
+def _qemu_mcu(image: FirmwareImage, model: FirmwareModel) -> Runner:
+    from edgebuild.runners.qemu_mcu import QemuMcu
+
+    return QemuMcu(image, model)
+
+
+# The runner for each kind of --device on TFLM (microcontroller) targets: it runs the firmware built
+# from the emitted C, so the link stage calls it, after emit.
+FIRMWARE_RUNNERS: dict[str, Callable[[FirmwareImage, FirmwareModel], Runner]] = {"qemu": _qemu_mcu}

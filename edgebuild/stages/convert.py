@@ -54,7 +54,14 @@ def run(ctx: BuildContext) -> StageResult:
     # is converted again with it, unless it was the only one.
     only = len(candidates) == 1
     for name, model in candidates:
-        tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=only)
+        try:
+            tflite = convert_keras(model, mode, precision.io, representative, sparse=sparse, signature=only)
+        except BuildError as e:
+            if name != "qat":
+                raise
+            # The converter can refuse what TF-MOT trained (a "same scale constraint" near a Concatenate).
+            ctx.warn(f"the quantization-aware model cannot be converted ({e.message}); post-training quantization only")
+            continue
         try:
             score = _score(tflite, x_sel, y_sel, task)
         except BuildError as e:

@@ -3,7 +3,8 @@
 Reads the emitted C files, the target's [memory] map and its compiler family
 (``[firmware] toolchain``). Writes ``ctx.firmware`` (compilers used, FLASH and RAM as
 the linker counts them). Without the target's cross-compiler it warns with the packages
-to install and the build goes on without the fit check.
+to install and the build goes on without the fit check. With ``--device qemu`` it then builds
+the firmware from these files and runs it on an emulated Cortex-M board (``firmware_run``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from edgebuild.context import BuildContext
+from edgebuild.firmware_run import run_firmware
 from edgebuild.results import StageResult, skipped
 from edgebuild.toolchain import compile_checks, have_compiler, install_hint, link_check, machine_flags
 
@@ -33,4 +35,7 @@ def run(ctx: BuildContext) -> StageResult:
     ctx.firmware = dataclasses.replace(firmware, compilers=compilers, regions=regions)
     usage = "; ".join(f"{r.name} {r.used:,} of {r.total:,} B ({r.margin:,} B free)" for r in regions)
     machine = f"{ctx.target.cpu} ({' '.join(machine_flags(ctx.target))})"
-    return StageResult(f"compiled warning-free with {', '.join(compilers)}; linked for {machine}: {usage}")
+    summary = f"compiled warning-free with {', '.join(compilers)}; linked for {machine}: {usage}"
+    if ctx.device.kind != "host" and all(r.margin >= 0 for r in regions):
+        summary += "; " + run_firmware(ctx)  # --device qemu: the firmware from these files, on an emulated board
+    return StageResult(summary)

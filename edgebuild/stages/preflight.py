@@ -19,10 +19,12 @@ import numpy as np
 from edgebuild.context import BuildContext
 from edgebuild.datasets import Dataset, load_dataset, split_validation
 from edgebuild.errors import BudgetError, BuildError, ConfigError
+from edgebuild.layers import plan_qat, unhandled_layers
 from edgebuild.models import build_model, load_model
 from edgebuild.results import StageResult
 from edgebuild.runners.tflm_host import check_loads
 from edgebuild.support import SPARSITY_WHY_NOT, missing_ops
+from edgebuild.surgery import skipped_producers
 from edgebuild.tf import seed_everything
 from edgebuild.tflite import convert_keras, make_interpreter
 from edgebuild.toolchain import check_machine
@@ -150,6 +152,26 @@ def check_tflm_ops(model: Any, where: str) -> None:
         ) from None
 
 
+def warn_unhandled_layers(ctx: BuildContext, model: Any, where: str) -> None:
+    """Warn about the layers of the model to deploy that QAT or channel pruning cannot handle by
+    themselves, and what edgebuild does with them (``edgebuild.layers``), when the build runs them.
+
+    Raises ConfigError when channel pruning is planned but no layer of the model can lose channels.
+    """
+    qat = ctx.recipe.qat is not None and ctx.target.precision.mode == "int8"
+    sparsity = ctx.sparsity
+    prune = ctx.recipe.prune is not None and sparsity.target > 0 and sparsity.structure == "channel"
+    try:
+        skipped = skipped_producers(model) if prune else {}
+    except ConfigError as e:
+        raise ConfigError(
+            f"{where}: {e.message}",
+            hint="use a model whose layers channel pruning can follow, or a target without sparsity",
+        ) from None
+    for line in unhandled_layers(plan_qat(model) if qat else (), skipped):
+        ctx.warn(line)
+
+
 def run(ctx: BuildContext) -> StageResult:
     recipe, target = ctx.recipe, ctx.target
     if target.runtime == "tflm":
@@ -221,6 +243,7 @@ def run(ctx: BuildContext) -> StageResult:
 
     if target.runtime == "tflm":
         check_tflm_ops(deployed, where)
+    warn_unhandled_layers(ctx, deployed, where)
 
     mode = target.precision.mode
     params = int(deployed.count_params())

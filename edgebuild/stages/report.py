@@ -52,8 +52,39 @@ def _evolution(report: dict[str, Any]) -> list[str]:
     if pruning.get("layers"):
         lines += ["", f"Channel pruning ({pruning['criterion']}):", "", "| layer | kind | channels before | after |"]
         lines.append("|---|---|---:|---:|")
-        lines += [f"| {c['layer']} | {c['kind']} | {c['before']} | {c['after']} |" for c in pruning["layers"]]
+        lines += [
+            f"| {c['layer']} | {c['kind']} | {c['before']} | {c['after']}"
+            + (f" (skipped: pruning cannot follow {c['skipped']})" if c.get("skipped") else "")
+            + " |"
+            for c in pruning["layers"]
+        ]
+    handled = [q for q in report.get("qat_layers", []) if q["action"] != "tf-mot"]
+    if handled:
+        lines += ["", "Quantization-aware training, layers TF-MOT does not quantize by itself:", ""]
+        lines += ["| layer | kind | done |", "|---|---|---|"]
+        lines += [
+            f"| {q['layer']} | {q['kind']} | {q['action']}" + (f": {q['reason']}" if q["reason"] else "") + " |"
+            for q in handled
+        ]
     return lines
+
+
+def _firmware_lines(run: dict[str, Any]) -> list[str]:
+    """The firmware run on an emulated board (--device qemu on a TFLM target)."""
+    fw, same = run["firmware"], run["vs_host_tflm"]
+    count = fw["instructions"]
+    parts = ", ".join(f"{name} {size:,}" for name, size in fw["flash_by_part"].items())
+    ram = ", ".join(f"{name} {size:,}" for name, size in fw["ram_by_part"].items())
+    return [
+        f"- Firmware on {run['measured_on']}, from {fw['model_source']}: {describe(run['metrics'])}; "
+        f"{same['mismatched_outputs']} of {same['compared_outputs']} outputs differ from the host's TFLM "
+        f"interpreter (max {same['max_lsb_diff']} LSB)",
+        f"- Instructions per inference (QEMU -icount, emulated; not cycles): mean {count['mean']:,.0f}, "
+        f"min {count['min']:,.0f}, max {count['max']:,.0f}",
+        f"- Firmware flash {fw['flash_bytes']:,} B ({parts}); RAM {fw['ram_bytes']:,} B ({ram}); "
+        f"arena used {fw['arena_used_bytes']:,} of {fw['arena_bytes']:,} B, stack {fw['stack_used_bytes']:,} of "
+        f"{fw['stack_bytes']:,} B",
+    ]
 
 
 def _markdown(report: dict[str, Any], table: str) -> str:
@@ -86,7 +117,9 @@ def _markdown(report: dict[str, Any], table: str) -> str:
         + ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in validation["latency"].items()),
     ]
     run = validation.get("device_run")
-    if run:
+    if run and run.get("firmware"):
+        lines += _firmware_lines(run)
+    elif run:
         accuracy = f"{describe(run['metrics'])}, " if run.get("metrics") else ""
         latency = ", ".join(f"{k.removesuffix('_ms')} {v:.3f} ms" for k, v in run["latency"].items())
         lines.append(
@@ -158,6 +191,7 @@ def run(ctx: BuildContext) -> StageResult:
         "stage_metrics": ctx.stage_metrics,
         "profiles": to_json(ctx.costs),
         "pruning": to_json(ctx.pruning),
+        "qat_layers": to_json(ctx.qat_layers),
         "sparsity_note": _sparsity_note(ctx),
         "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
         "warnings": ctx.warnings,
