@@ -65,18 +65,24 @@ def run_firmware(ctx: BuildContext) -> str:
             (folder / ops).write_text(ops_header(model))
             source = "model_cpu.tflite, emitted as emit does (QEMU emulates no Ethos-U NPU)"
         compiled = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in model.files}
-        with contextlib.ExitStack() as bars_open:
-            bars: dict[str, EpochBar] = {}
+        bar: list[tuple[contextlib.ExitStack, EpochBar]] = []  # the bar of the compile round under way
 
-            def progress(what: str, done: int, total: int) -> None:
-                if what not in bars:
-                    bars[what] = bars_open.enter_context(ctx.reporter.epochs(what, total))
-                elif done:
-                    bars[what].advance({})
+        def progress(what: str, done: int, total: int) -> None:
+            if done == 0:
+                stack = contextlib.ExitStack()
+                bar[:] = [(stack, stack.enter_context(ctx.reporter.epochs(what, total)))]
+            elif bar:
+                bar[0][1].advance({})
+                if done == total:
+                    bar.pop()[0].close()
 
+        try:
             image = build_firmware(
                 folder, model, target, work, kernels=kernels, progress=progress, note=ctx.reporter.note
             )
+        finally:
+            if bar:
+                bar.pop()[0].close()
         if image.compiled_objects:
             ctx.reporter.note(
                 f"TFLM library for {image.config.arch} ({kernels}): compiled {image.compiled_objects} objects in "

@@ -153,6 +153,9 @@ def in_child(job: str, model: bytes, inputs: np.ndarray, **args: Any) -> dict[st
                 f"the TFLM interpreter crashed ({name}) on this model: {_tflm_reason(proc.stderr)}",
                 hint="TFLM aborts on some models, for example one with an all-zero channel",
             )
+        if proc.returncode != 0 and "Traceback (most recent call last)" in proc.stderr:
+            # TFLM's own failures come back as one RuntimeError line; anything else is a bug in edgebuild.
+            raise RuntimeError(f"the TFLM child process failed:\n{proc.stderr.strip()}")
         if proc.returncode != 0:
             raise BuildError(f"TFLM cannot run the model: {_tflm_reason(proc.stderr)}")
         with np.load(folder / "result.npz") as result:
@@ -205,6 +208,6 @@ class TflmHost:
 if __name__ == "__main__":
     try:
         _child(sys.argv[1], Path(sys.argv[2]))
-    except RuntimeError as e:  # TFLM's own failure: its log on fd 2 says why
-        print(f"RuntimeError: {e}", file=sys.stderr)
+    except (RuntimeError, ValueError) as e:  # TFLM's own failure: its log on fd 2 says why
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)

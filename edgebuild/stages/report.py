@@ -84,6 +84,12 @@ def _firmware_lines(run: dict[str, Any]) -> list[str]:
         f"- Firmware flash {fw['flash_bytes']:,} B ({parts}); RAM {fw['ram_bytes']:,} B ({ram}); "
         f"arena used {fw['arena_used_bytes']:,} of {fw['arena_bytes']:,} B, stack {fw['stack_used_bytes']:,} of "
         f"{fw['stack_bytes']:,} B",
+        f"- TFLM {fw['tflm_commit'][:12]} ({fw['kernels']} kernels): {fw['library_objects']} objects linked, "
+        + (
+            f"{fw['library_compiled_objects']} of them compiled by this build in {fw['library_compile_seconds']:.0f} s"
+            if fw["library_compiled_objects"]
+            else "all from the cache"
+        ),
     ]
 
 
