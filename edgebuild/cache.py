@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgebuild.errors import ConfigError
-from edgebuild.files import check_path_text, stat_path
+from edgebuild.files import check_path_text, sha256_of, stat_path
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 CACHE_FORMAT = 2  # what an entry's meta.json holds; part of every key, so older entries are never read
@@ -81,14 +81,6 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Entry:
     """A stage result read back from the cache."""
@@ -116,7 +108,7 @@ class StageCache:
             return None
         try:
             meta = json.loads((folder / "meta.json").read_text())
-            if meta.get("key") != key or _sha256(folder / "arrays.npz") != meta.get("arrays_sha256"):
+            if meta.get("key") != key or sha256_of(folder / "arrays.npz") != meta.get("arrays_sha256"):
                 raise ValueError("hash mismatch")
             with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
@@ -137,7 +129,7 @@ class StageCache:
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=folder.parent))
         try:
             np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
-            record = {"key": key, "arrays_sha256": _sha256(tmp / "arrays.npz"), "meta": meta}
+            record = {"key": key, "arrays_sha256": sha256_of(tmp / "arrays.npz"), "meta": meta}
             (tmp / "meta.json").write_text(json.dumps(record, default=str))
             if folder.exists():
                 shutil.rmtree(folder)

@@ -9,6 +9,7 @@ byte in a path raises deep inside a library: every path a user names goes throug
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -76,6 +77,15 @@ def regular_file(path: Path, where: str, *, max_bytes: int, what: str = "file") 
             hint="is this the right file?",
         )
     return info.st_size
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_limited(path: Path, where: str, *, max_bytes: int, what: str = "file") -> bytes:

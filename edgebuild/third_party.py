@@ -39,6 +39,7 @@ from pathlib import Path
 
 from edgebuild import cache
 from edgebuild.errors import BuildError, ConfigError
+from edgebuild.files import sha256_of
 
 ARCHIVES_ENV = "EDGEBUILD_THIRD_PARTY"
 URL_ENV = "EDGEBUILD_SOURCES_URL"
@@ -167,16 +168,8 @@ def tree_sha256(root: Path) -> str:
         if path.is_symlink():
             digest.update(b"L " + rel.encode() + b"\0" + os.readlink(path).encode() + b"\0")
         else:
-            digest.update(b"F " + rel.encode() + b"\0" + _file_sha256(path) + b"\n")
+            digest.update(b"F " + rel.encode() + b"\0" + bytes.fromhex(sha256_of(path)) + b"\n")
     return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
 
 
 @contextlib.contextmanager
