@@ -90,7 +90,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     k.Sequential(
         [k.Input((None, None, 1)), k.layers.Conv2D(4, 3), k.layers.GlobalAveragePooling2D(), k.layers.Dense(10)]
     ).save(folder / "dynamic.keras")
-    nan = k.Sequential([k.Input((8, 8, 1)), k.layers.Flatten(), k.layers.Dense(10), k.layers.Softmax()])
+    nan = k.Sequential(
+        [k.Input((8, 8, 1)), k.layers.Flatten(), k.layers.Dense(16), k.layers.Dense(10), k.layers.Softmax()]
+    )
     nan.set_weights([np.full_like(w, np.nan) for w in nan.get_weights()])
     nan.save(folder / "nan.keras")
     return folder
