@@ -277,6 +277,26 @@ def _interrupted() -> NoReturn:
     os._exit(130)
 
 
+def run() -> NoReturn:
+    """The ``edgebuild`` command: ``main``, then leave at once with its exit code.
+
+    Leaving through ``os._exit`` skips the interpreter's finalization (TensorFlow's teardown
+    takes seconds), during which a Ctrl-C would kill the process by SIGINT (exit -2) after
+    the build had already finished.
+    """
+    code = 1
+    try:
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt:
+        _interrupted()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map user-facing errors to one line on stderr and an exit code."""
     sigints = []

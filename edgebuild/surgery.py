@@ -107,7 +107,11 @@ class _Graph:
             self.inputs[layer.name] = [x.name for x in (inbound if isinstance(inbound, list) else [inbound])]
             self._assign(layer)
         for output in model.outputs:
-            self._freeze(self.space_of[output._keras_history.layer.name], None)
+            last = output._keras_history.layer
+            self._freeze(self.space_of[last.name], None)
+            if type(last).__name__ == "Reshape":  # the output's values, reshaped: its input is the output too
+                for name in self.inputs[last.name]:
+                    self._freeze(self.space_of[name], None)
 
     def _new(self, channels: int, *, interface: bool = False, blocker: str | None = None) -> int:
         frozen = interface or blocker is not None
