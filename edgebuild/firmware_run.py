@@ -37,8 +37,8 @@ from edgebuild.runners import FIRMWARE_RUNNERS, RunResult
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.qemu_mcu import ArenaTooSmall
 from edgebuild.runners.tflm_host import TflmHost
-from edgebuild.stages.validate import MAX_LSB_DIFF, compare_outputs
-from edgebuild.tasks import describe, evaluate
+from edgebuild.stages.validate import MAX_LSB_DIFF, artifact_metrics, compare_outputs
+from edgebuild.tasks import describe
 from edgebuild.tflite import flatbuffer_ops
 from edgebuild.third_party import TFLM_COMMIT
 
@@ -112,8 +112,7 @@ def run_firmware(ctx: BuildContext) -> str:
             f"{where}: top-1 agreement with LiteRT's reference kernels is {vs_reference.top1_agreement:.2%}, "
             f"below the target's validate.min_top1_agreement of {minimum:.2%}"
         )
-    output = artifact.outputs[0]
-    metrics = evaluate(data.task, output.dequantize(result.outputs), data.y_test, data.anomaly_test)
+    metrics = artifact_metrics(ctx, artifact.outputs[0], result.outputs)
     instructions = np.asarray(result.extra["instructions"], dtype=np.float64)
     counted = {
         "mean": round(float(instructions.mean()), 1),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -105,8 +104,7 @@ def run(ctx: BuildContext) -> StageResult:
     runner, arena = _host_runner(ctx, x[0])
     result = runner.run(ctx.tflite, x)
     check_outputs(result.outputs, f"the converted model on {target.validate.runner}")
-    score = _scorer(ctx, outputs[0])
-    host_metrics = score(result.outputs)
+    host_metrics = artifact_metrics(ctx, outputs[0], result.outputs)
     differences = compare_outputs(result.outputs, reference.outputs)
     integer = np.issubdtype(result.outputs.dtype, np.integer)
     ops = _check_ops(ctx, interpreter, x, arena) if integer else ()
@@ -119,9 +117,9 @@ def run(ctx: BuildContext) -> StageResult:
         )
     # On TFLM targets the device runs the firmware built from the emitted C: the link stage runs it.
     on_linux = ctx.device.kind != "host" and target.runtime != "tflm"
-    device_run = _run_on_device(ctx, x, reference.outputs, score) if on_linux else None
+    device_run = _run_on_device(ctx, x, reference.outputs, outputs[0]) if on_linux else None
     on_device = device_run is not None and bool(device_run.metrics)
-    metrics = device_run.metrics if device_run is not None and on_device else host_metrics
+    metrics = device_run.metrics if device_run is not None and device_run.metrics else host_metrics
     threshold = None
     if data.task == "reconstruction" and len(ctx.x_val):
         val_outputs = runner.run(ctx.tflite, inputs[0].quantize(ctx.x_val)).outputs
@@ -205,19 +203,13 @@ def _classes(ctx: BuildContext, outputs: np.ndarray) -> dict[str, Any]:
     return {"per_class_accuracy": per_class, "confusion_matrix": tuple(tuple(row) for row in matrix)}
 
 
-def _scorer(ctx: BuildContext, output: TensorInfo) -> Callable[[np.ndarray], dict[str, float]]:
+def artifact_metrics(ctx: BuildContext, output: TensorInfo, raw: np.ndarray) -> dict[str, float]:
     """The task's metrics of the artifact's raw outputs on the test split (dequantized first)."""
     data = ctx.data
-
-    def score(raw: np.ndarray) -> dict[str, float]:
-        return evaluate(data.task, output.dequantize(raw), data.y_test, data.anomaly_test)
-
-    return score
+    return evaluate(data.task, output.dequantize(raw), data.y_test, data.anomaly_test)
 
 
-def _run_on_device(
-    ctx: BuildContext, x: np.ndarray, reference: np.ndarray, score: Callable[[np.ndarray], dict[str, float]]
-) -> DeviceRun:
+def _run_on_device(ctx: BuildContext, x: np.ndarray, reference: np.ndarray, output: TensorInfo) -> DeviceRun:
     """Run the artifact on ``ctx.device``: latency, and where the runner brings outputs back,
     accuracy and output differences measured there.
 
@@ -238,7 +230,7 @@ def _run_on_device(
     )
     if OUTPUTS not in runner.capabilities:
         return run
-    metrics = score(result.outputs)
+    metrics = artifact_metrics(ctx, output, result.outputs)
     run = dataclasses.replace(
         run,
         accuracy=metrics.get("accuracy"),
