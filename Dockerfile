@@ -18,7 +18,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # the Cortex-M compile and link check; gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf: the same
 # for RISC-V microcontrollers (esp32-c3). qemu-user-static: runs arm64 programs (emulated runners).
 # libstdc++-arm-none-eabi-newlib, qemu-system-arm: TFLM firmware built and run on an emulated
-# Cortex-M board (--device qemu on microcontroller targets).
+# Cortex-M board (--device qemu on microcontroller targets; TFLM's sources from docker/third_party/, below).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates python3 python3-venv \
@@ -51,6 +51,16 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/edgebuild-src
  && rm -rf /tmp/edgebuild-src \
  && pip check \
  && edgebuild --version
+
+# TFLM's pinned sources (--device qemu on Cortex-M targets builds firmware with them), when
+# docker/third_party/ holds them (edgebuild sources --into docker/third_party): checked here
+# against the tree hashes edgebuild ships, and used by every build in the container, which then
+# needs no network. Without them, firmware builds download the sources.
+COPY docker/third_party/ /opt/edgebuild/third_party/
+RUN if ls /opt/edgebuild/third_party/*.tar.gz >/dev/null 2>&1; then \
+      EDGEBUILD_THIRD_PARTY=/opt/edgebuild/third_party EDGEBUILD_FIRMWARE_DIR=/tmp/edgebuild-sources \
+        edgebuild sources && rm -rf /tmp/edgebuild-sources; \
+    fi
 
 COPY docker/entrypoint.sh /usr/local/bin/edgebuild-entrypoint
 RUN chmod 0755 /usr/local/bin/edgebuild-entrypoint \

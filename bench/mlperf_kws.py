@@ -10,6 +10,7 @@ them, ``y``: labels).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,10 @@ def kws(folder: Path, project: Path) -> dict[str, Any]:
     shutil.copytree(folder / "kws_ref_model", project / "kws_ref_model")
     shutil.copy(BENCH / "kws" / "kws.toml", project / "kws.toml")
     # The stock cortex-m4 profile: the recipe has no [prune] (there is no training set to
-    # fine-tune a pruned model on), so the pretrained model is quantized, not pruned.
-    run = run_edgebuild(project, "kws.toml", "cortex-m4")
+    # fine-tune a pruned model on), so the pretrained model is quantized, not pruned. With TFLM's
+    # sources at hand the firmware runs too, with both kernel families (instructions per inference).
+    firmware = ["--device", "qemu", "--compare-kernels"] if os.environ.get("EDGEBUILD_THIRD_PARTY") else []
+    run = run_edgebuild(project, "kws.toml", "cortex-m4", *firmware)
     if run.returncode:
         return failure(run, "edgebuild kws cortex-m4")
     report = read_report(project, "kws", "cortex-m4")
@@ -99,12 +102,34 @@ def kws(folder: Path, project: Path) -> dict[str, Any]:
             "report_accuracy": report["artifact"]["accuracy"],
             "wall_s": round(run.seconds, 1),
             "stages": {s["name"]: s["seconds"] for s in report["stages"]},
+            "firmware": _firmware(report),
         },
         "reference": {
             "tflite_bytes": len(reference),
             "arena_bytes": ref_arena,
             "accuracy_tflm_held_out": _tflm_accuracy(reference, q[held], y[held], ref_arena),
             "accuracy_litert_all_1000": float(np.mean(np.argmax(ref_litert_all, axis=-1) == y)),
+        },
+    }
+
+
+def _firmware(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The firmware run's figures per kernel family (None without --device qemu)."""
+    run = (report["validation"].get("device_run") or {}).get("firmware")
+    if not run:
+        return None
+    return {
+        "machine": run["machine"],
+        "inferences": run["inferences"],
+        "flash_bytes": run["flash_bytes"],
+        "ram_bytes": run["ram_bytes"],
+        "kernels": {
+            k["kernels"]: {
+                "instructions_mean": k["instructions"]["mean"],
+                "flash_bytes": k["flash_bytes"],
+                "mismatched_vs_host_tflm": k["vs_host_tflm"]["mismatched_outputs"],
+            }
+            for k in run["kernel_comparison"]
         },
     }
 

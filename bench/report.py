@@ -174,6 +174,23 @@ def markdown(result: dict[str, Any]) -> str:
             f" edgebuild's build: {ours['wall_s']} s. The float inputs are the int8 inputs dequantized with the"
             f" reference model's input scale {k['input_scale']:.6g} and zero point {k['input_zero_point']}.",
         ]
+        fw = ours.get("firmware")
+        if fw:
+            lines += [
+                "",
+                f"The firmware (`--device qemu --compare-kernels`) on {fw['machine']}, {fw['inferences']} inputs;"
+                " instructions per inference counted by QEMU (-icount), not cycles:",
+                "",
+                "| kernels | instructions per inference | firmware flash | outputs differing from host TFLM |",
+                "|---|---|---|---|",
+                *(
+                    f"| {name} | {k['instructions_mean']:,.0f} | {k['flash_bytes']:,} B "
+                    f"| {k['mismatched_vs_host_tflm']} |"
+                    for name, k in fw["kernels"].items()
+                ),
+            ]
+        else:
+            lines += ["", "The firmware was not run: set `EDGEBUILD_THIRD_PARTY` to TFLM's archives to run it."]
 
     lines += ["", "## 4. Build cost", "", f"The cold `{result['recipe']}` build for rpi4, per stage:", ""]
     lines += ["| stage | seconds | what it did |", "|---|---|---|"]

@@ -17,4 +17,10 @@ if [ ! -w . ]; then
         "its output there (run with --user \"\$(id -u):\$(id -g)\")" >&2
 fi
 
+# TFLM's pinned sources, when the image was built with them (docker/third_party/).
+if [ -z "${EDGEBUILD_THIRD_PARTY:-}" ] && ls /opt/edgebuild/third_party/*.tar.gz >/dev/null 2>&1; then
+    EDGEBUILD_THIRD_PARTY=/opt/edgebuild/third_party
+    export EDGEBUILD_THIRD_PARTY
+fi
+
 exec edgebuild "$@"

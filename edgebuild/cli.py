@@ -43,6 +43,12 @@ def _build_flags(command: Any) -> Any:
             help="Prune channels when the target's sparsity structure would save nothing on its runtime.",
         ),
         click.option(
+            "--compare-kernels",
+            is_flag=True,
+            help="With --device qemu on a Cortex-M target: also run the firmware with the other TFLM kernel "
+            "family (CMSIS-NN or reference) and report both's instructions per inference.",
+        ),
+        click.option(
             "--allow-unsafe-model",
             is_flag=True,
             help="Load a model with Lambda or custom layers (they run code from the file).",
@@ -112,6 +118,7 @@ def _build(recipe: str | None, target: str, out: Path | None, quiet: bool, flags
         convert_sparsity=flags["convert_sparsity"],
         allow_unsafe_model=flags["allow_unsafe_model"],
         max_memory_mb=_memory_limit(flags["max_memory_mb"]),
+        compare_kernels=flags["compare_kernels"],
     )
     reporter = Reporter(quiet=quiet)
     built = build_in(
@@ -237,6 +244,26 @@ def clean_command(clear_cache: bool, cache_dir: Path | None) -> None:
         root = cache_dir or default_root()
         freed = StageCache(root).clear()
         click.echo(f"emptied the stage cache {root} ({freed:,} bytes)")
+
+
+@cli.command("sources")
+@click.option(
+    "--into",
+    type=click.Path(path_type=Path),
+    help="Also copy the verified archives into this folder (a container image's or an offline mirror's).",
+)
+def sources_command(into: Path | None) -> None:
+    """Lay out TFLM's pinned sources for --device qemu on Cortex-M targets (from $EDGEBUILD_THIRD_PARTY or
+    GitHub), each tree checked against its pinned hash."""
+    from edgebuild.third_party import copy_archives, tflm_tree
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    if into is not None:
+        copied = copy_archives(into, say)
+        click.echo(f"{into}: {len(copied)} archive(s) copied, every pinned archive verified")
+    click.echo(f"TFLM sources laid out and verified in {tflm_tree(say)}")
 
 
 @cli.command("verify")

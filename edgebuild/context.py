@@ -59,6 +59,7 @@ class BuildContext:
     benchmark_binary: Path | None = None  # for adb devices
     convert_sparsity: bool = False  # prune channels when the target's structure saves nothing
     allow_unsafe_model: bool = False  # load a model with Lambda or custom layers (runs its code)
+    compare_kernels: bool = False  # --device qemu on TFLM: also run the firmware with the other kernel family
 
     # preflight
     dataset: Dataset | None = None

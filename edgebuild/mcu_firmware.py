@@ -37,14 +37,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from edgebuild.errors import BudgetError, BuildError, ConfigError
+from edgebuild.errors import BuildError, ConfigError
 from edgebuild.firmware import FirmwareModel
 from edgebuild.schema import Target
+from edgebuild.support import BOARDS, MACHINE_FOR_CPU, Board
 from edgebuild.third_party import firmware_root, locked, sources_id, tflm_tree
-from edgebuild.toolchain import parse_memory_usage
+from edgebuild.toolchain import Region, parse_memory_usage
 
 LIBRARY_FORMAT = 1  # bump when what a library folder holds changes: older ones are not read
 STACK_BYTES = 16 * 1024
+# The parts of a firmware that are the runtime (what memory.runtime_* estimates); the harness is
+# the few lines that call it, as an application's would.
+RUNTIME_PARTS = ("tflm", "cmsis-nn", "c library", "harness", "stack")
+PARTS = ("model", "arena", *RUNTIME_PARTS, "application")  # every part, in the order reports list them
 MAX_TRACE_STEPS = 16
 MCU = Path(__file__).with_name("mcu")
 HARNESS, STARTUP = MCU / "harness.cc", MCU / "startup.c"
@@ -60,62 +65,25 @@ NO_EXAMPLES = (
     "MICRO_LITE_BENCHMARKS=",
 )
 INSTALL_ARM = "apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib make"
-KiB, MiB = 1024, 1024 * 1024
 
 Progress = Callable[[str, int, int], None]  # what, done, total
 
 
-@dataclass(frozen=True)
-class Board:
-    """A board QEMU emulates: the CPU, where it has memory for code and data, and its clock.
-
-    ``boot_origin`` is where the CPU reads its vector table at reset when that is not the code
-    memory's start (the vector table then goes there, the rest in the code memory).
-    """
-
-    machine: str  # qemu-system-arm -M
-    cpu: str
-    flash_origin: int
-    flash_bytes: int
-    ram_origin: int
-    ram_bytes: int
-    clock_hz: int  # SysTick's clock: with -icount shift=0, 1e9 / clock_hz instructions per tick
-    boot_origin: int | None = None
-    boot_bytes: int = 0
-
-    @property
-    def instructions_per_tick(self) -> float:
-        """SysTick ticks to instructions under ``-icount shift=0`` (1 ns of virtual time each)."""
-        return 1e9 / self.clock_hz
-
-
-# QEMU 7.2's maps: mps2-an386/an500 have 4 MB of SSRAM for code at 0 and 4 MB for data at
-# 0x20000000 (25 MHz); mps3-an547 (Corstone-300 class, 32 MHz) resets from its 512 KB ITCM at 0
-# and has 2 MB of SRAM at 0x01000000 and 512 KB of DTCM at 0x20000000. It starts in Secure state
-# with the SAU off, so every address is Secure and these aliases work (as NuttX and Zephyr use them).
-BOARDS = {
-    "mps2-an386": Board("mps2-an386", "cortex-m4", 0x0, 4 * MiB, 0x2000_0000, 4 * MiB, 25_000_000),
-    "mps2-an500": Board("mps2-an500", "cortex-m7", 0x0, 4 * MiB, 0x2000_0000, 4 * MiB, 25_000_000),
-    "mps3-an547": Board(
-        "mps3-an547", "cortex-m55", 0x0100_0000, 2 * MiB, 0x2000_0000, 512 * KiB, 32_000_000, 0x0, 512 * KiB
-    ),
-}
-MACHINE_FOR_CPU = {board.cpu: name for name, board in BOARDS.items()}
-
-
 def board_for(target: Target) -> Board:
-    """The board QEMU runs ``target``'s firmware on: by its cpu (``MACHINE_FOR_CPU``).
+    """The board QEMU runs ``target``'s firmware on: the profile's ``device.qemu_machine``, else the
+    board that has its cpu (``MACHINE_FOR_CPU``).
 
     Raises ConfigError when no board has that cpu, or when the profile's FLASH or RAM is larger
     than the board's memory for it (the firmware would be proven on less than the device has)."""
     where = target.source or target.name
-    if target.toolchain.gcc != "arm-none-eabi-gcc" or target.cpu not in MACHINE_FOR_CPU:
+    machine = target.device.qemu_machine or MACHINE_FOR_CPU.get(target.cpu)
+    if target.toolchain.gcc != "arm-none-eabi-gcc" or machine is None:
         raise ConfigError(
             f"{where}: --device qemu runs firmware on an emulated Arm Cortex-M board, and there is none "
             f"for cpu {target.cpu!r}",
             hint=f"boards: {', '.join(f'{b.machine} ({b.cpu})' for b in BOARDS.values())}",
         )
-    board = BOARDS[MACHINE_FOR_CPU[target.cpu]]
+    board = BOARDS[machine]
     memory = target.memory
     assert memory is not None, "TFLM targets have a [memory] table"
     for key, asked, has, what in (
@@ -505,20 +473,29 @@ class FirmwareImage:
     flash_bytes: int  # the image: vectors, code, read-only data and .data's initial values
     ram_bytes: int  # .data, .bss (the arena among it) and the stack
     sections: dict[str, int]
-    flash_by_part: dict[str, int]  # model, tflm, cmsis-nn, c library, harness
-    ram_by_part: dict[str, int]  # arena, stack, tflm, cmsis-nn, c library, harness
+    flash_by_part: dict[str, int]  # model, tflm, cmsis-nn, c library, harness, application
+    ram_by_part: dict[str, int]  # arena, stack, tflm, cmsis-nn, c library, harness, application
     library_objects: int
     compiled_objects: int  # objects compiled for this firmware (0: the library was cached)
     compile_seconds: float
+    regions: tuple[Region, ...]  # FLASH and RAM against the profile's sizes, by part
+
+    @property
+    def fits(self) -> bool:
+        """Whether the firmware fits the profile's FLASH and RAM (when not, the ELF is the board-sized one)."""
+        return all(region.margin >= 0 for region in self.regions)
 
 
-def linker_script(board: Board, target: Target) -> str:
-    """The board's memory at the profile's sizes: FLASH and RAM (and BOOT, where the CPU resets from)."""
+def linker_script(board: Board, target: Target, *, all_of_board: bool = False) -> str:
+    """The board's memory at the profile's sizes (or, with ``all_of_board``, at the board's, to measure a
+    firmware that may not fit the profile): FLASH and RAM (and BOOT, where the CPU resets from). The
+    application's placeholders (``application.o``) are kept whatever refers to them."""
     memory = target.memory
     assert memory is not None
+    flash, ram = (board.flash_bytes, board.ram_bytes) if all_of_board else (memory.flash_bytes, memory.ram_bytes)
     regions = [
-        f"  FLASH (rx) : ORIGIN = {board.flash_origin:#010x}, LENGTH = {memory.flash_bytes}",
-        f"  RAM (rwx)  : ORIGIN = {board.ram_origin:#010x}, LENGTH = {memory.ram_bytes}",
+        f"  FLASH (rx) : ORIGIN = {board.flash_origin:#010x}, LENGTH = {flash}",
+        f"  RAM (rwx)  : ORIGIN = {board.ram_origin:#010x}, LENGTH = {ram}",
     ]
     vectors = "FLASH"
     if board.boot_origin is not None:
@@ -526,7 +503,8 @@ def linker_script(board: Board, target: Target) -> str:
         vectors = "BOOT"
     section = target.firmware.section
     extra = f" KEEP(*({section}))" if section and not section.startswith((".rodata", ".text")) else ""
-    return f"""/* Generated by edgebuild: {board.machine}'s memory at the sizes of the target profile. */
+    sizes = "the board's own sizes" if all_of_board else "the sizes of the target profile"
+    return f"""/* Generated by edgebuild: {board.machine}'s memory at {sizes}. */
 ENTRY(Reset_Handler)
 MEMORY
 {{
@@ -536,7 +514,7 @@ SECTIONS
 {{
   .vectors : {{ KEEP(*(.vectors)) }} > {vectors}
   .text : {{ *(.text*) }} > FLASH
-  .rodata : {{ *(.rodata*){extra} }} > FLASH
+  .rodata : {{ KEEP(*(.rodata.edgebuild_application)) *(.rodata*){extra} }} > FLASH
   .ARM.exidx : {{ *(.ARM.exidx* .gnu.linkonce.armexidx.*) }} > FLASH
   .init_array : {{
     __init_array_start = .;
@@ -545,7 +523,9 @@ SECTIONS
   }} > FLASH
   .data : ALIGN(4) {{ __data_start = .; *(.data*) . = ALIGN(4); __data_end = .; }} > RAM AT > FLASH
   __data_load = LOADADDR(.data);
-  .bss (NOLOAD) : ALIGN(4) {{ __bss_start = .; *(.bss*) *(COMMON) . = ALIGN(4); __bss_end = .; }} > RAM
+  .bss (NOLOAD) : ALIGN(4) {{
+    __bss_start = .; KEEP(*(.bss.edgebuild_application)) *(.bss*) *(COMMON) . = ALIGN(4); __bss_end = .;
+  }} > RAM
   .stack (NOLOAD) : ALIGN(8) {{ __stack_limit = .; . += {STACK_BYTES}; __stack_top = .; }} > RAM
   end = .;
   /DISCARD/ : {{ *(.comment) *(.ARM.attributes) }}
@@ -575,12 +555,15 @@ def build_firmware(
 
     Lays out the pinned TFLM sources (``third_party.tflm_tree``), compiles the harness, the start-up
     code and ``<basename>_data.cc`` with the library's own flags, links them with the TFLM objects
-    the firmware needs (compiled on first use, then cached) against ``linker_script``.
-    ``arena_bytes`` replaces the header's arena (to find out how much TFLM needs on the device). Raises
-    ConfigError (missing tools, a profile the board cannot hold), BuildError (sources, compiler),
-    BudgetError (exit 3: the firmware does not fit the profile's FLASH or RAM).
+    the firmware needs (compiled on first use, then cached) and the profile's application
+    placeholders (``memory.application_*``), on all of the board's memory (to measure it) and at the
+    profile's sizes (``linker_script``). ``arena_bytes`` replaces the header's arena (to find out how
+    much TFLM needs on the device). The image's ``regions`` say whether it fits the profile (only then
+    is its ELF the profile-sized one to run). Raises ConfigError (missing tools, a profile the board
+    cannot hold) and BuildError (sources, compiler, a firmware larger than the board).
     """
     board = check_tools(target)
+    folder, work = folder.resolve(), work.resolve()  # the compilers run in the TFLM tree
     say = note or (lambda _: None)
     tree = tflm_tree(say)
     config = library_config(target, kernels)
@@ -600,16 +583,23 @@ def build_firmware(
     ]
     includes = [*info.includes, f"-I{folder}"]
     cxx = [info.cxx, *[f for f in info.cxxflags if f != "-MD"], *info.core_optimization, *includes]
+    memory = target.memory
+    assert memory is not None
+    application = _application_source(memory.application_flash_bytes, memory.application_ram_bytes)
+    (work / "application.c").write_text(application)
+    cc = [info.cc, *[f for f in info.ccflags if f != "-MD"], *info.core_optimization]
     objects = {
         "harness.o": [*cxx, *defines, "-c", str(HARNESS)],
         f"{Path(source).stem}.o": [*cxx, "-c", str(folder / source)],
-        "startup.o": [info.cc, *[f for f in info.ccflags if f != "-MD"], *info.core_optimization, "-c", str(STARTUP)],
+        "startup.o": [*cc, "-c", str(STARTUP)],
+        "application.o": [*cc, "-c", str(work / "application.c")],
     }
     for name, command in objects.items():
         _run([*command, "-o", str(work / name)], f"compiling {Path(command[-1]).name} for {board.machine}", tree)
+    (work / "board.ld").write_text(linker_script(board, target, all_of_board=True))
     (work / "firmware.ld").write_text(linker_script(board, target))
 
-    def link(tflm: list[str]) -> subprocess.CompletedProcess[str]:
+    def link(tflm: list[str], script: str = "board.ld") -> subprocess.CompletedProcess[str]:
         archives = []
         for name, members in (
             ("libtflm.a", [o for o in tflm if o not in info.cmsis_nn]),
@@ -626,7 +616,7 @@ def build_firmware(
             "--specs=nano.specs",
             "--specs=nosys.specs",
             "-T",
-            str(work / "firmware.ld"),
+            str(work / script),
             "-Wl,--gc-sections",
             f"-Wl,-Map={work / 'firmware.map'}",
             "-Wl,--print-memory-usage",
@@ -647,38 +637,69 @@ def build_firmware(
     harness_hash = hashlib.sha256(HARNESS.read_bytes() + STARTUP.read_bytes()).hexdigest()
     closure = hashlib.sha256(json.dumps([sorted(model.ops), harness_hash]).encode()).hexdigest()[:16]
     tflm = library.objects_for(closure, undefined)
-    proc = link(tflm)
-    output = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        overflows = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", output)
-        if overflows:
-            over = ", ".join(f"{region} by {int(n):,} bytes" for region, n in overflows)
-            raise BudgetError(
-                f"the firmware (model, TFLM, harness) does not fit {target.name}'s memory: {over} too much",
-                hint="a smaller model, or a profile with more memory.flash_bytes / memory.ram_bytes",
-            )
-        raise BuildError(f"linking the firmware for {board.machine} failed: {_first_error(output)}")
-    regions = {r.name: r.used for r in parse_memory_usage(output)}
-    sections = _sections(work / "firmware.elf")
+    # Linked on all of the board's memory first, so that what it takes is measured even when it
+    # does not fit the profile; then at the profile's sizes, the image that runs.
+    measured = link(tflm)
+    if measured.returncode != 0:
+        raise BuildError(f"linking the firmware for {board.machine} failed: {_first_error(measured.stderr)}")
+    used = {r.name: r.used for r in parse_memory_usage(measured.stdout + measured.stderr)}
     flash_parts, ram_parts = _parts(work / "firmware.map", f"{Path(source).stem}.o")
     arena = _symbol_size(work / "firmware.elf", "g_arena")
     if arena:
         ram_parts["harness"] = ram_parts.get("harness", 0) - arena
         ram_parts["arena"] = arena
     ram_parts["stack"] = STACK_BYTES
+    sections = _sections(work / "firmware.elf")
+    fitted = link(tflm, "firmware.ld")
+    output = fitted.stdout + fitted.stderr
+    overflows = {region: int(n) for region, n in re.findall(r"region `(\w+)' overflowed by (\d+) bytes", output)}
+    if fitted.returncode != 0 and not overflows:
+        raise BuildError(f"linking the firmware for {board.machine} failed: {_first_error(output)}")
+    flash_used, ram_used = used.get("FLASH", 0) + used.get("BOOT", 0), used.get("RAM", 0)
+    regions = (
+        Region(
+            "FLASH",
+            max(flash_used, memory.flash_bytes + overflows.get("FLASH", -memory.flash_bytes)),
+            memory.flash_bytes,
+            {part: flash_parts[part] for part in PARTS if flash_parts.get(part)},
+        ),
+        Region(
+            "RAM",
+            max(ram_used, memory.ram_bytes + overflows.get("RAM", -memory.ram_bytes)),
+            memory.ram_bytes,
+            {part: ram_parts[part] for part in PARTS if ram_parts.get(part)},
+        ),
+    )
     return FirmwareImage(
         elf=work / "firmware.elf",
         board=board,
         config=config,
-        flash_bytes=regions.get("FLASH", 0) + regions.get("BOOT", 0),
-        ram_bytes=regions.get("RAM", 0),
+        flash_bytes=flash_used,
+        ram_bytes=ram_used,
         sections=sections,
-        flash_by_part=flash_parts,
-        ram_by_part={k: v for k, v in ram_parts.items() if v},
+        flash_by_part=regions[0].parts,
+        ram_by_part=regions[1].parts,
         library_objects=len(tflm),
         compiled_objects=library.compiled_now,
         compile_seconds=round(library.compile_seconds, 1),
+        regions=regions,
     )
+
+
+def _application_source(flash_bytes: int, ram_bytes: int) -> str:
+    """C for the profile's ``application_*`` placeholders: arrays that take the application's share."""
+    lines = ["/* The application's own code and data, which edgebuild does not see: the profile's sizes. */"]
+    if flash_bytes:
+        lines.append(
+            f'__attribute__((used, section(".rodata.edgebuild_application"))) '
+            f"const unsigned char edgebuild_application_flash[{flash_bytes}] = {{1}};"
+        )
+    if ram_bytes:
+        lines.append(
+            f'__attribute__((used, section(".bss.edgebuild_application"))) '
+            f"unsigned char edgebuild_application_ram[{ram_bytes}];"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _sections(elf: Path) -> dict[str, int]:
@@ -729,6 +750,8 @@ def _parts(map_file: Path, model_object: str) -> tuple[dict[str, int], dict[str,
             part = "tflm"
         elif origin.endswith(("harness.o", "startup.o")):
             part = "harness"
+        elif origin.endswith("application.o"):
+            part = "application"
         else:
             part = "c library"
         if name.startswith((".bss", "COMMON")):

@@ -163,6 +163,7 @@ class BuildOptions:
     convert_sparsity: bool = False  # prune channels where the target's structure saves nothing
     allow_unsafe_model: bool = False  # load models with Lambda or custom layers
     max_memory_mb: int | None = None  # stop a build that uses more
+    compare_kernels: bool = False  # with --device qemu on a TFLM target: both kernel families' instructions
 
     def recorded(self, target: Target) -> dict[str, Any]:
         """The choices that change a build's outputs, as the manifest records them."""
@@ -171,6 +172,7 @@ class BuildOptions:
             "device": device.label,
             "convert_sparsity": self.convert_sparsity,
             "allow_unsafe_model": self.allow_unsafe_model,
+            "compare_kernels": self.compare_kernels,
         }
 
 
@@ -204,6 +206,7 @@ def run_build(
         benchmark_binary=options.benchmark_binary,
         convert_sparsity=options.convert_sparsity,
         allow_unsafe_model=options.allow_unsafe_model,
+        compare_kernels=options.compare_kernels,
     )
     published = False
     limit = options.max_memory_mb * 1024 * 1024 if options.max_memory_mb else None
@@ -323,6 +326,12 @@ def check_options(target: Target, options: BuildOptions) -> None:
         from edgebuild.mcu_firmware import check_tools
 
         check_tools(target)  # a missing qemu-system-arm or compiler, or a cpu no board has: now, not after training
+    if options.compare_kernels and (target.runtime != "tflm" or device.kind == "host"):
+        raise ConfigError(
+            "--compare-kernels runs the firmware with both TFLM kernel families, so it needs a microcontroller "
+            f"target and --device qemu (got target {target.name}, device {device.label})",
+            hint="add --device qemu on a Cortex-M target, or leave --compare-kernels out",
+        )
     if device.kind == "adb" and options.benchmark_binary is None:
         raise ConfigError("--device adb needs --benchmark-binary PATH (LiteRT's benchmark_model built for the phone)")
 

@@ -155,6 +155,17 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class KernelRun:
+    """The same firmware built with one family of TFLM kernels (``--compare-kernels``)."""
+
+    kernels: str  # cmsis-nn | reference
+    instructions: dict[str, float]  # per inference: mean, min, max
+    flash_bytes: int
+    arena_used_bytes: int
+    vs_host_tflm: Comparison
+
+
+@dataclass(frozen=True)
 class FirmwareRun:
     """The firmware built from the emitted C (with TFLM) and run on an emulated board (link, with
     ``--device qemu`` on a TFLM target). Instruction counts are QEMU's (``-icount``), not cycles."""
@@ -170,8 +181,8 @@ class FirmwareRun:
     flash_bytes: int  # the firmware image (vectors, code, read-only data, .data's initial values)
     ram_bytes: int  # .data, .bss (the arena among it) and the stack
     sections: dict[str, int]  # by ELF section
-    flash_by_part: dict[str, int]  # model, tflm, cmsis-nn, c library, harness
-    ram_by_part: dict[str, int]  # arena, stack, tflm, cmsis-nn, c library, harness
+    flash_by_part: dict[str, int]  # model, tflm, cmsis-nn, c library, harness, application
+    ram_by_part: dict[str, int]  # arena, stack, tflm, cmsis-nn, c library, harness, application
     arena_bytes: int  # the header's arena
     arena_used_bytes: int  # what TFLM used of it on the board
     stack_bytes: int
@@ -179,6 +190,7 @@ class FirmwareRun:
     library_objects: int  # TFLM and CMSIS-NN objects the firmware links
     library_compiled_objects: int  # of which compiled by this build (0: all cached)
     library_compile_seconds: float
+    kernel_comparison: tuple[KernelRun, ...] = ()  # both kernel families, with --compare-kernels
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,7 @@ class Firmware:
     compilers: tuple[str, ...] = ()
     link: str | None = None  # why the fit was not checked, when it was not
     regions: tuple[Region, ...] = ()
+    fit_from: str = ""  # what the runtime's share of the fit is: the profile's estimate, or the firmware measured
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from edgebuild.errors import ConfigError
 from edgebuild.files import check_path_text, read_limited
 from edgebuild.support import (
+    BOARDS,
     MACHINE_KEYS,
     PRECISION_FOR_RUNTIME,
     RUNNER_FOR_RUNTIME,
@@ -166,10 +167,12 @@ class TaskBudgets(_Checked):
 
 @dataclass(frozen=True)
 class Memory(_Checked):
-    """A microcontroller's memory map: the model and arena share it with the runtime and application.
+    """A microcontroller's memory map: the model and arena share it with the runtime and the application.
 
-    The ``reserved_*`` bytes stand for everything else in the firmware (TFLM's code,
-    the application, stack and heap) when the linker checks that the model fits.
+    The link stage's fit counts, besides the model and its arena, the ``runtime_*`` bytes (TFLM,
+    its kernels, the C library, TFLM's data and the stack: an estimate, replaced by the real
+    firmware's measured sizes when ``--device qemu`` builds it) and the ``application_*`` bytes
+    (the application's own code and data, which edgebuild never sees).
     """
 
     # A 32-bit microcontroller addresses 4 GiB in all: larger sizes are typos, and the linker refuses them.
@@ -177,14 +180,41 @@ class Memory(_Checked):
     ram_bytes: int = field(metadata=_range(1, 2**32))
     flash_origin: int = field(default=0x0800_0000, metadata=_range(0, 2**32 - 1))
     ram_origin: int = field(default=0x2000_0000, metadata=_range(0, 2**32 - 1))
-    reserved_flash_bytes: int = field(default=0, metadata=_range(0, 2**32))
-    reserved_ram_bytes: int = field(default=0, metadata=_range(0, 2**32))
+    runtime_flash_bytes: int = field(default=0, metadata=_range(0, 2**32))
+    runtime_ram_bytes: int = field(default=0, metadata=_range(0, 2**32))
+    application_flash_bytes: int = field(default=0, metadata=_range(0, 2**32))
+    application_ram_bytes: int = field(default=0, metadata=_range(0, 2**32))
 
     def _check(self) -> None:
-        if self.reserved_flash_bytes >= self.flash_bytes:
-            raise _Invalid("memory.reserved_flash_bytes", "reserves all of flash_bytes for other code")
-        if self.reserved_ram_bytes >= self.ram_bytes:
-            raise _Invalid("memory.reserved_ram_bytes", "reserves all of ram_bytes for other data")
+        for region in ("flash", "ram"):
+            runtime = getattr(self, f"runtime_{region}_bytes")
+            application = getattr(self, f"application_{region}_bytes")
+            if runtime + application >= getattr(self, f"{region}_bytes"):
+                raise _Invalid(
+                    f"memory.application_{region}_bytes",
+                    f"runtime_{region}_bytes + application_{region}_bytes ({runtime + application:,}) leave nothing "
+                    f"of {region}_bytes ({getattr(self, f'{region}_bytes'):,}) for the model",
+                )
+
+
+# Keys that were renamed: the old name gets a one-line error saying what it became.
+RENAMED_KEYS = {
+    "memory.reserved_flash_bytes": "split into memory.runtime_flash_bytes (TFLM, kernels, C library: an estimate "
+    "--device qemu replaces with the measured size) and memory.application_flash_bytes (the application's own code)",
+    "memory.reserved_ram_bytes": "split into memory.runtime_ram_bytes (TFLM's data and the stack: an estimate "
+    "--device qemu replaces with the measured size) and memory.application_ram_bytes (the application's own data)",
+}
+
+
+@dataclass(frozen=True)
+class Device(_Checked):
+    """Where ``--device qemu`` runs a microcontroller target's firmware."""
+
+    qemu_machine: str = ""  # qemu-system-arm -M; "" = the board QEMU has for the profile's cpu
+
+    def _check(self) -> None:
+        if self.qemu_machine:
+            _check_known("device.qemu_machine", "QEMU machine", self.qemu_machine, BOARDS)
 
 
 @dataclass(frozen=True)
@@ -274,6 +304,7 @@ class Target(_Checked):
     memory: Memory | None = None
     firmware: Firmware = Firmware()
     npu: Npu | None = None
+    device: Device = Device()
     source: str = field(default="", metadata={"internal": True})
 
     @property
@@ -304,6 +335,13 @@ class Target(_Checked):
                 "validate.device",
                 f"{self.validate.device!r} runs LiteRT on Linux; a TFLM target validates on the TFLM interpreter",
                 "use device = 'host', or 'qemu' to also run the firmware on an emulated Cortex-M board",
+            )
+        machine = self.device.qemu_machine
+        if machine and (self.runtime != "tflm" or BOARDS[machine].cpu != self.cpu):
+            raise _Invalid(
+                "device.qemu_machine",
+                f"{machine} emulates a {BOARDS[machine].cpu}, not this target's {self.runtime} {self.cpu}",
+                "boards: " + ", ".join(f"{b.machine} ({b.cpu})" for b in BOARDS.values()),
             )
         if self.runtime == "tflm" and self.memory is None:
             raise _Invalid("memory", "a TFLM target needs a [memory] table", "add flash_bytes and ram_bytes")
@@ -556,6 +594,8 @@ def _parse_table(cls: type, table: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for key in table:
+        if prefix + key in RENAMED_KEYS:
+            raise _Invalid(prefix + key, "this key was renamed", RENAMED_KEYS[prefix + key])
         if key not in fields:
             raise _Invalid(prefix + key, "unknown key", _suggest(key, fields, "keys"))
     values: dict[str, Any] = {}

@@ -98,3 +98,44 @@ TOOLCHAINS = {
         c_library=("--specs=picolibc.specs",),  # this gcc comes without a C library; picolibc's specs add it
     ),
 }
+
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board QEMU emulates: the CPU, where it has memory for code and data, and its clock.
+
+    ``boot_origin`` is where the CPU reads its vector table at reset when that is not the code
+    memory's start (the vector table then goes there, the rest in the code memory).
+    """
+
+    machine: str  # qemu-system-arm -M
+    cpu: str
+    flash_origin: int
+    flash_bytes: int
+    ram_origin: int
+    ram_bytes: int
+    clock_hz: int  # SysTick's clock: with -icount shift=0, 1e9 / clock_hz instructions per tick
+    boot_origin: int | None = None
+    boot_bytes: int = 0
+
+    @property
+    def instructions_per_tick(self) -> float:
+        """SysTick ticks to instructions under ``-icount shift=0`` (1 ns of virtual time each)."""
+        return 1e9 / self.clock_hz
+
+
+# QEMU 7.2's maps: mps2-an386/an500 have 4 MB of SSRAM for code at 0 and 4 MB for data at
+# 0x20000000 (25 MHz); mps3-an547 (Corstone-300 class, 32 MHz) resets from its 512 KB ITCM at 0
+# and has 2 MB of SRAM at 0x01000000 and 512 KB of DTCM at 0x20000000. It starts in Secure state
+# with the SAU off, so every address is Secure and these aliases work (as NuttX and Zephyr use them).
+BOARDS = {
+    "mps2-an386": Board("mps2-an386", "cortex-m4", 0x0, 4 * MiB, 0x2000_0000, 4 * MiB, 25_000_000),
+    "mps2-an500": Board("mps2-an500", "cortex-m7", 0x0, 4 * MiB, 0x2000_0000, 4 * MiB, 25_000_000),
+    "mps3-an547": Board(
+        "mps3-an547", "cortex-m55", 0x0100_0000, 2 * MiB, 0x2000_0000, 512 * KiB, 32_000_000, 0x0, 512 * KiB
+    ),
+}
+MACHINE_FOR_CPU = {board.cpu: name for name, board in BOARDS.items()}

@@ -233,6 +233,57 @@ def tflm_tree(progress: Progress | None = None) -> Path:
     return final
 
 
+def copy_archives(into: Path, progress: Progress | None = None) -> list[str]:
+    """Each pinned archive (from ``$EDGEBUILD_THIRD_PARTY`` or downloaded), checked by its extracted
+    tree, copied into the folder ``into`` (made if missing): for a container image or an offline mirror.
+
+    Returns the names copied. Writes nothing but the pinned archives' names, each through a temporary
+    file renamed into place; an archive already there is kept when its tree is the pinned one.
+    Raises ConfigError when ``into`` is not a folder or holds a file of an archive's name that is
+    not that archive (it is never overwritten), and what ``tflm_tree`` raises for the sources.
+    """
+    say = progress or (lambda _: None)
+    if into.exists() and (into.is_symlink() or not into.is_dir()):
+        raise ConfigError(f"--into {into} is not a folder", hint="name a new or existing folder for the archives")
+    into.mkdir(parents=True, exist_ok=True)
+    copied = []
+    with tempfile.TemporaryDirectory(prefix="edgebuild-sources-") as tmp:
+        scratch = Path(tmp)
+        for source in SOURCES:
+            present = into / source.archive
+            if present.exists() or present.is_symlink():
+                try:
+                    _check_archive(present, scratch / f"have-{source.name}", source)
+                except BuildError:
+                    raise ConfigError(
+                        f"{present} is not the pinned {source.label} archive, and edgebuild does not overwrite it",
+                        hint="move it away, or copy into another folder",
+                    ) from None
+                continue
+            say(f"TFLM sources: {source.label}")
+            with _archive(source, scratch) as archive:
+                _check_archive(archive, scratch / f"x-{source.name}", source)
+                part = into / f".{source.archive}.part-{os.getpid()}"
+                try:
+                    shutil.copyfile(archive, part)
+                    part.rename(present)
+                finally:
+                    part.unlink(missing_ok=True)
+            copied.append(source.archive)
+    return copied
+
+
+def _check_archive(archive: Path, scratch: Path, source: Source) -> None:
+    """BuildError unless ``archive`` is a regular file whose extracted tree is ``source``'s."""
+    if archive.is_symlink() or not archive.is_file():
+        raise BuildError(f"{archive} is not a regular file")
+    extract(archive, scratch, source.archive)
+    try:
+        check_tree(scratch, source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _archive(source: Source, scratch: Path) -> Iterator[Path]:
     """The archive of ``source``: in ``$EDGEBUILD_THIRD_PARTY``, or downloaded into ``scratch`` (removed after)."""

@@ -34,6 +34,7 @@ class Region:
     name: str
     used: int
     total: int
+    parts: dict[str, int] = field(default_factory=dict)  # what takes the used bytes, by part
     margin: int = field(init=False)  # bytes free
 
     def __post_init__(self) -> None:
@@ -167,23 +168,21 @@ SECTIONS
 
 
 def _fit_program(model: FirmwareModel, target: Target) -> str:
-    """A bare-metal program that keeps the model, a static arena and the reserved placeholders."""
+    """A bare-metal program that keeps the model, a static arena, and placeholders of the profile's
+    sizes for the runtime (TFLM, kernels, C library, stack: estimated) and the application."""
     memory = target.memory
     assert memory is not None
     p, m = model.prefix, model.prefix.upper()
     keep = "__attribute__((used, section"
-    reserve_flash = (
-        f'{keep}(".edgebuild_flash"))) const unsigned char reserved_flash[{memory.reserved_flash_bytes}] = {{1}};\n'
-        if memory.reserved_flash_bytes
-        else ""
-    )
-    reserve_ram = (
-        f'{keep}(".edgebuild_ram"))) unsigned char reserved_ram[{memory.reserved_ram_bytes}];\n'
-        if memory.reserved_ram_bytes
-        else ""
-    )
+    placeholders = ""
+    for part in ("runtime", "application"):
+        flash, ram = getattr(memory, f"{part}_flash_bytes"), getattr(memory, f"{part}_ram_bytes")
+        if flash:
+            placeholders += f'{keep}(".edgebuild_flash"))) const unsigned char {part}_flash[{flash}] = {{1}};\n'
+        if ram:
+            placeholders += f'{keep}(".edgebuild_ram"))) unsigned char {part}_ram[{ram}];\n'
     return f"""#include "{model.files[0]}"
-{reserve_flash}{reserve_ram}__attribute__((aligned(16))) unsigned char tensor_arena[{m}_TENSOR_ARENA_BYTES];
+{placeholders}__attribute__((aligned(16))) unsigned char tensor_arena[{m}_TENSOR_ARENA_BYTES];
 volatile unsigned char sink;
 __attribute__((section(".text.Reset_Handler"))) void Reset_Handler(void) {{
   sink = g_{p}_model_data[g_{p}_model_data_len - 1];
@@ -205,7 +204,9 @@ def parse_memory_usage(text: str) -> list[Region]:
 
 
 def link_check(folder: Path, model: FirmwareModel, target: Target, work: Path) -> list[Region]:
-    """Link the model and its arena for the target; return FLASH and RAM as the linker counts them.
+    """Link the model and its arena with the profile's runtime and application placeholders for the
+    target; return FLASH and RAM as the linker counts them, with their parts (model, arena, the
+    runtime's estimate, the application, and what the linker adds: vectors, alignment).
 
     A region the image does not fit in comes back with ``used`` above ``total`` (the
     linker's "overflowed by N bytes"). Raises BuildError for any other link failure.
@@ -238,10 +239,22 @@ def link_check(folder: Path, model: FirmwareModel, target: Target, work: Path) -
     ]
     proc = subprocess.run(command, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
+    parts = {
+        "FLASH": {
+            "model": len(model.data),
+            "runtime (estimate)": memory.runtime_flash_bytes,
+            "application": memory.application_flash_bytes,
+        },
+        "RAM": {
+            "arena": model.arena_with_margin or 0,
+            "runtime (estimate)": memory.runtime_ram_bytes,
+            "application": memory.application_ram_bytes,
+        },
+    }
     if proc.returncode == 0:
-        regions = parse_memory_usage(output)
-        if {r.name for r in regions} >= {"FLASH", "RAM"}:
-            return [r for r in regions if r.name in ("FLASH", "RAM")]
+        regions = {r.name: r for r in parse_memory_usage(output)}
+        if set(regions) >= {"FLASH", "RAM"}:
+            return [_with_parts(regions[name], parts[name]) for name in ("FLASH", "RAM")]
         raise BuildError(f"the linker printed no memory-usage table for FLASH and RAM: {output.strip()[:300]}")
     overflows = dict(re.findall(r"region `(\w+)' overflowed by (\d+) bytes", output))
     if not overflows:
@@ -250,8 +263,14 @@ def link_check(folder: Path, model: FirmwareModel, target: Target, work: Path) -
     totals = {"FLASH": memory.flash_bytes, "RAM": memory.ram_bytes}
     used = {name: total + int(overflows.get(name, 0)) for name, total in totals.items()}
     # A region that did not overflow is not known exactly here: count what edgebuild put in it.
-    if "FLASH" not in overflows:
-        used["FLASH"] = len(model.data) + memory.reserved_flash_bytes
-    if "RAM" not in overflows:
-        used["RAM"] = (model.arena_with_margin or 0) + memory.reserved_ram_bytes
-    return [Region(name, used[name], totals[name]) for name in ("FLASH", "RAM")]
+    for name in ("FLASH", "RAM"):
+        if name not in overflows:
+            used[name] = sum(parts[name].values())
+    return [_with_parts(Region(name, used[name], totals[name]), parts[name]) for name in ("FLASH", "RAM")]
+
+
+def _with_parts(region: Region, parts: dict[str, int]) -> Region:
+    """``region`` with its parts; what the linker used beyond them (vectors, alignment) is ``other``."""
+    known = {name: size for name, size in parts.items() if size}
+    other = region.used - sum(known.values())
+    return Region(region.name, region.used, region.total, {**known, **({"other": other} if other > 0 else {})})

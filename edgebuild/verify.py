@@ -48,6 +48,7 @@ def verify(manifest_path: Path) -> list[str]:
                 device=parse_device(options.get("device", target.validate.device)),
                 convert_sparsity=bool(options.get("convert_sparsity", False)),
                 allow_unsafe_model=bool(options.get("allow_unsafe_model", False)),
+                compare_kernels=bool(options.get("compare_kernels", False)),
             ),
         )
         rebuilt = output_hashes(out)

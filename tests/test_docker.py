@@ -5,7 +5,9 @@ A registry base image cannot be pulled on the test machines, so the test makes i
 imported into podman as ``localhost/edgebuild-base:bookworm`` and passed as ``BASE_IMAGE``.
 The image is built with ``podman build --isolation=chroot`` (no Docker engine needed), then
 the default recipe is built for cortex-m4 twice, from empty folders: in the container (the
-image's non-root user, the folder mounted at /work, no network) and on the host with this
+image's non-root user, the folder mounted at /work, no network; with ``$EDGEBUILD_THIRD_PARTY``
+set the image carries TFLM's pinned archives and the build also runs the firmware under
+``--device qemu``, compiling TFLM from them) and on the host with this
 interpreter, under the same environment (``BUILD_ENVIRONMENT``; the host's build is the session's
 ``default_recipe_build``, which test_default_recipe reads too). The generated ``.tflite``, ``.h``
 and ``.cc`` files must be byte-identical.
@@ -21,6 +23,7 @@ every file the Dockerfile copies.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import resource
 import shutil
@@ -132,13 +135,27 @@ def _ca_bundle() -> str | None:
     return None
 
 
-def _build_image() -> None:
+def _build_image(scratch: Path) -> bool:
+    """Build the image from a copy of the repository's files the Dockerfile reads, with TFLM's pinned
+    archives in ``docker/third_party/`` (``edgebuild sources --into``) when ``$EDGEBUILD_THIRD_PARTY``
+    has them. Whether the image carries them."""
+    context = scratch / "context"
+    context.mkdir()
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, context / name)
+    for name in ("edgebuild", "docker"):
+        shutil.copytree(REPO / name, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.tar.gz"))
+    sources = bool(os.environ.get("EDGEBUILD_THIRD_PARTY"))
+    if sources:
+        into = context / "docker" / "third_party"
+        _run([sys.executable, "-m", "edgebuild", "sources", "--into", str(into)], timeout=600, cwd=scratch)
     cmd = ["podman", "build", "--isolation=chroot", "--network=host", "--layers", "--pull=never"]
-    cmd += ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--tag", IMAGE, "--file", str(REPO / "Dockerfile")]
+    cmd += ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--tag", IMAGE, "--file", str(context / "Dockerfile")]
     bundle = _ca_bundle()
     if bundle:
         cmd += ["--secret", f"id=pip_cert,src={bundle}"]
-    _run([*cmd, str(REPO)], timeout=3600)
+    _run([*cmd, str(context)], timeout=3600)
+    return sources
 
 
 def _ulimits() -> list[str]:
@@ -179,7 +196,7 @@ def test_image_builds_the_default_recipe_with_the_hosts_bytes(
     _timed("base image", timings, start)
 
     start = time.monotonic()
-    _build_image()
+    carries_sources = _build_image(tmp_path)
     _timed("image", timings, start)
 
     # In the container: the image's own user (uid 1000) writes into the mounted folder, so the
@@ -191,7 +208,10 @@ def test_image_builds_the_default_recipe_with_the_hosts_bytes(
     cmd = ["podman", "run", "--rm", "--network=none", *_ulimits(), "--volume", f"{in_container}:/work"]
     for key, value in BUILD_ENVIRONMENT.items():
         cmd += ["--env", f"{key}={value}"]
-    _run([*cmd, IMAGE, "--target", "cortex-m4", "--quiet"], timeout=1800)
+    # With TFLM's archives in the image, the build also builds and runs the firmware (--device qemu):
+    # the sources come from the image, not the network.
+    firmware = ["--device", "qemu"] if carries_sources else []
+    _run([*cmd, IMAGE, "--target", "cortex-m4", *firmware, "--quiet"], timeout=1800)
     _timed("container build", timings, start)
 
     # On the host, with this interpreter and the sources the image was built from, under the same
@@ -209,3 +229,6 @@ def test_image_builds_the_default_recipe_with_the_hosts_bytes(
     assert sorted(host_digests) == sorted(container_digests)
     differing = [name for name in host_digests if host_digests[name] != container_digests[name]]
     assert not differing, "\n".join(_first_difference(host / name, container / name) for name in differing)
+    if carries_sources:
+        run = json.loads((container / "report.json").read_text())["validation"]["device_run"]
+        assert run["firmware"]["machine"] == "mps2-an386" and run["vs_host_tflm"]["mismatched_outputs"] == 0

@@ -280,14 +280,20 @@ def test_arm_compile_and_link_report(target_name: str, tmp_path: Path) -> None:
     assert memory is not None
     assert regions["FLASH"].total == memory.flash_bytes
     assert regions["RAM"].total == memory.ram_bytes
-    # The linker counts the model, the reserve and a little code; the arena and reserve in RAM.
-    assert (
-        len(model.data) + memory.reserved_flash_bytes
-        < regions["FLASH"].used
-        < len(model.data) + memory.reserved_flash_bytes + 512
-    )
-    assert regions["RAM"].used >= (model.arena_with_margin or 0) + memory.reserved_ram_bytes
+    # The linker counts the model, the runtime's estimate, the application and a little code; the
+    # arena, the runtime's and the application's data in RAM. Each is a part of its region.
+    reserve = memory.runtime_flash_bytes + memory.application_flash_bytes
+    assert len(model.data) + reserve < regions["FLASH"].used < len(model.data) + reserve + 512
+    ram = (model.arena_with_margin or 0) + memory.runtime_ram_bytes + memory.application_ram_bytes
+    assert regions["RAM"].used >= ram
     assert regions["FLASH"].margin == regions["FLASH"].total - regions["FLASH"].used
+    flash_parts = regions["FLASH"].parts
+    assert flash_parts["model"] == len(model.data)
+    assert flash_parts["runtime (estimate)"] == memory.runtime_flash_bytes
+    assert flash_parts["application"] == memory.application_flash_bytes
+    assert sum(flash_parts.values()) == regions["FLASH"].used
+    assert regions["RAM"].parts["arena"] == model.arena_with_margin
+    assert sum(regions["RAM"].parts.values()) == regions["RAM"].used
 
 
 def test_memory_usage_table_parsing() -> None:
@@ -306,7 +312,8 @@ def _tiny_flash_target(project: Path) -> None:
     text = text.replace("flash_bytes = 1_048_576", "flash_bytes = 40_000").replace(
         "model_bytes = 524_288", "model_bytes = 30_000"
     )
-    text = text.replace("reserved_flash_bytes = 131_072", "reserved_flash_bytes = 36_000")
+    text = text.replace("runtime_flash_bytes = 98_304", "runtime_flash_bytes = 30_000")
+    text = text.replace("application_flash_bytes = 32_768", "application_flash_bytes = 6_000")
     (project / "targets" / "tiny-flash.toml").write_text(text)
 
 

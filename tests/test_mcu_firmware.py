@@ -15,6 +15,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,9 +32,10 @@ import pytest
 
 from edgebuild.errors import BuildError, ConfigError
 from edgebuild.firmware import FirmwareModel
-from edgebuild.mcu_firmware import BOARDS, STARTUP, FirmwareImage, LibraryConfig, linker_script
+from edgebuild.mcu_firmware import STARTUP, FirmwareImage, LibraryConfig, linker_script
 from edgebuild.runners.qemu_mcu import QemuMcu
 from edgebuild.schema import find_file, load_target
+from edgebuild.support import BOARDS
 from edgebuild.third_party import (
     ARCHIVES_ENV,
     DOWNLOADS,
@@ -161,6 +163,21 @@ def test_quick_model_runs_bit_identical_in_firmware(
     assert fw["flash_bytes"] >= sum(fw["flash_by_part"].values())
     assert fw["ram_by_part"]["arena"] == fw["arena_bytes"] == report["firmware"]["arena_bytes"]  # type: ignore[index]
     assert 0 < fw["arena_used_bytes"] <= fw["arena_bytes"] and 0 < fw["stack_used_bytes"] < fw["stack_bytes"]
+    # the memory fit: on the CPU target the firmware's own FLASH and RAM (the profile's application
+    # placeholders linked in); on the NPU target, whose shipped firmware holds Vela's model, the estimate
+    memory = load_target(find_file("targets", target.removesuffix("-relaxed"), REPO)).memory
+    assert memory is not None
+    regions = {r["name"]: r for r in report["firmware"]["regions"]}  # type: ignore[index]
+    if "m4" in target:
+        assert report["firmware"]["fit_from"] == "the firmware linked for mps2-an386, measured"  # type: ignore[index]
+        assert fw["flash_by_part"]["application"] == memory.application_flash_bytes
+        assert fw["ram_by_part"]["application"] == memory.application_ram_bytes
+        assert regions["FLASH"]["used"] == fw["flash_bytes"] and regions["RAM"]["used"] == fw["ram_bytes"]
+        assert regions["FLASH"]["parts"] == fw["flash_by_part"] and regions["RAM"]["parts"] == fw["ram_by_part"]
+        assert sum(fw["ram_by_part"].values()) <= fw["ram_bytes"] < sum(fw["ram_by_part"].values()) + 64
+    else:
+        assert report["firmware"]["fit_from"] == "the profile's runtime estimate"  # type: ignore[index]
+        assert regions["FLASH"]["parts"]["runtime (estimate)"] == memory.runtime_flash_bytes
     text = (build.out / "report.md").read_text()
     assert "Instructions per inference (QEMU -icount, emulated; not cycles)" in text
     print(
@@ -210,12 +227,55 @@ def test_a_firmware_too_large_for_the_profile_fails_with_exit_3(
     project = firmware_build("cortex-m4-relaxed").project  # its stages are cached
     text = (project / "targets" / "cortex-m4-relaxed.toml").read_text()
     text = text.replace('name = "cortex-m4-relaxed"', 'name = "cortex-m4-tiny"')
-    text = text.replace("flash_bytes = 1_048_576", "flash_bytes = 24_576").replace("reserved_flash_bytes = 131_072", "")
+    text = text.replace("flash_bytes = 1_048_576", "flash_bytes = 24_576")
     text = text.replace("model_bytes = 524_288", "model_bytes = 16_384")
+    text = text.replace("runtime_flash_bytes = 98_304", "").replace("application_flash_bytes = 32_768", "")
     (project / "targets" / "cortex-m4-tiny.toml").write_text(text)
-    result = run_cli("--target", "cortex-m4-tiny", "--device", "qemu", "--quiet", cwd=project)
-    assert_one_line_error(result, 3, "does not fit", "FLASH by")
-    assert not (project / "build" / "quick" / "cortex-m4-tiny").exists()
+    # Without the firmware the fit has no runtime (the profile estimates none): it passes.
+    assert run_cli("--target", "cortex-m4-tiny", "--quiet", cwd=project).code == 0
+    # The firmware measures TFLM and its kernels: FLASH is missed by what they take (exit 3), nothing runs.
+    result = run_cli("--target", "cortex-m4-tiny", "--device", "qemu", "--out", "tiny-qemu", cwd=project)
+    assert result.code == 3 and "Traceback" not in result.err, result.err
+    missed = re.search(r"flash_region over by ([\d,]+) bytes", result.err.strip().splitlines()[-1])
+    assert missed and int(missed.group(1).replace(",", "")) > 20_000  # TFLM and CMSIS-NN take more than that
+    assert "does not fit the profile" in result.out + result.err and "so it was not run" in result.out + result.err
+    assert not (project / "tiny-qemu").exists()
+
+
+@pytest.mark.slow
+@needs_tools
+@needs_archives
+def test_compare_kernels_runs_both_families_and_a_low_runtime_estimate_is_named(
+    firmware_build: Callable[[str], FirmwareBuild],
+) -> None:
+    project = firmware_build("cortex-m4-relaxed").project  # its stages and CMSIS-NN library are cached
+    text = (project / "targets" / "cortex-m4-relaxed.toml").read_text()
+    text = text.replace('name = "cortex-m4-relaxed"', 'name = "cortex-m4-low"')
+    text = text.replace("runtime_flash_bytes = 98_304", "runtime_flash_bytes = 4_096")
+    (project / "targets" / "cortex-m4-low.toml").write_text(text)
+    result = run_cli(
+        "--target", "cortex-m4-low", "--device", "qemu", "--compare-kernels", "--quiet", cwd=project, timeout=3600
+    )
+    assert result.code == 0, result.err
+    report = json.loads((project / "build" / "quick" / "cortex-m4-low" / "report.json").read_text())
+    fw = report["validation"]["device_run"]["firmware"]
+    cmsis, reference = fw["kernel_comparison"]
+    assert (cmsis["kernels"], reference["kernels"]) == ("cmsis-nn", "reference")
+    assert cmsis["instructions"] == fw["instructions"]  # the first is the build's own run
+    for run in (cmsis, reference):
+        assert run["vs_host_tflm"]["mismatched_outputs"] == 0 and run["vs_host_tflm"]["compared_outputs"] > 0
+    assert reference["instructions"]["mean"] > cmsis["instructions"]["mean"]  # CMSIS-NN's point on a Cortex-M4
+    text = (project / "build" / "quick" / "cortex-m4-low" / "report.md").read_text()
+    assert "| cmsis-nn |" in text and "| reference |" in text
+    # the measured runtime is above the profile's estimate: the warning names the key and the size to set
+    runtime = sum(fw["flash_by_part"][part] for part in ("tflm", "cmsis-nn", "c library", "harness"))
+    (warning,) = [w for w in report["warnings"] if "memory.runtime_flash_bytes" in w]
+    assert f"set memory.runtime_flash_bytes to at least {runtime:,}" in warning
+    print(
+        f"\ncortex-m4 quick model: CMSIS-NN {cmsis['instructions']['mean']:,.0f}, reference "
+        f"{reference['instructions']['mean']:,.0f} instructions per inference",
+        file=sys.stderr,
+    )
 
 
 # ---------------------------------------------------------------- errors in one line
@@ -243,6 +303,32 @@ def test_a_cpu_no_board_has_and_a_profile_larger_than_the_board_are_refused(tmp_
     assert_one_line_error(result, 2, "memory.flash_bytes", "4,194,304", "2,097,152", "mps3-an547")
 
 
+def test_qemu_machine_key_and_renamed_memory_keys_are_checked(tmp_path: Path) -> None:
+    project = _default_project(tmp_path)
+    cases = {
+        "wrong-board": ('qemu_machine = "mps2-an386"', 'qemu_machine = "mps3-an547"'),
+        "unknown-board": ('qemu_machine = "mps2-an386"', 'qemu_machine = "mps2-an368"'),
+        "old-key": ("runtime_flash_bytes = 98_304", "reserved_flash_bytes = 131_072"),
+    }
+    for name, (old, new) in cases.items():
+        text = shipped("targets", "cortex-m4").replace('name = "cortex-m4"', f'name = "{name}"')
+        assert old in text
+        (project / "targets" / f"{name}.toml").write_text(text.replace(old, new))
+    result = run_cli("--target", "wrong-board", "--device", "qemu", cwd=project)
+    assert_one_line_error(result, 2, "device.qemu_machine", "mps3-an547 emulates a cortex-m55", "cortex-m4")
+    result = run_cli("--target", "unknown-board", cwd=project)
+    assert_one_line_error(result, 2, "device.qemu_machine", "unknown QEMU machine 'mps2-an368'", "mps2-an386")
+    result = run_cli("--target", "old-key", cwd=project)
+    assert_one_line_error(result, 2, "memory.reserved_flash_bytes", "renamed", "memory.runtime_flash_bytes")
+
+
+def test_compare_kernels_without_the_firmware_is_refused(tmp_path: Path) -> None:
+    result = run_cli("--target", "cortex-m4", "--compare-kernels", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--compare-kernels", "--device qemu")
+    result = run_cli("--target", "rpi4", "--device", "qemu", "--compare-kernels", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--compare-kernels", "microcontroller target")
+
+
 def test_device_ssh_on_a_microcontroller_target_is_refused(tmp_path: Path) -> None:
     result = run_cli("--target", "cortex-m4", "--device", "ssh://pi@board", cwd=tmp_path)
     assert_one_line_error(result, 2, "runs TFLM firmware", "--device qemu")
@@ -262,7 +348,7 @@ def _tiny_firmware(tmp_path: Path, main: str) -> tuple[QemuMcu, bytes, np.ndarra
         check=True,
     )
     config = LibraryConfig("cortex-m4+fp", "fpv4-sp-d16", "cmsis-nn", "gcc")
-    image = FirmwareImage(elf, board, config, 0, 0, {}, {}, {}, 0, 0, 0.0)
+    image = FirmwareImage(elf, board, config, 0, 0, {}, {}, {}, 0, 0, 0.0, ())
     tensor = {"name": "x", "shape": [1, 4], "dtype": "int8", "scale": 1.0, "zero_point": 0}
     model = FirmwareModel(b"model", "t", "model", 16, 0.0, "", [tensor], [tensor], (), [])
     return QemuMcu(image, model, timeout_s=5), model.data, np.zeros((2, 4), np.int8)

@@ -79,9 +79,10 @@ def test_esp32_c3_compiles_and_links_a_32_bit_riscv_image(tmp_path: Path) -> Non
     memory = target.memory
     assert memory is not None
     assert (regions["FLASH"].total, regions["RAM"].total) == (memory.flash_bytes, memory.ram_bytes)
-    flash = len(model.data) + memory.reserved_flash_bytes
-    assert flash < regions["FLASH"].used < flash + 512  # the model, the reserve and a little code
-    assert regions["RAM"].used >= (model.arena_with_margin or 0) + memory.reserved_ram_bytes
+    flash = len(model.data) + memory.runtime_flash_bytes + memory.application_flash_bytes
+    assert flash < regions["FLASH"].used < flash + 512  # the model, the placeholders and a little code
+    ram = (model.arena_with_margin or 0) + memory.runtime_ram_bytes + memory.application_ram_bytes
+    assert regions["RAM"].used >= ram
     header = subprocess.run(
         ["riscv64-unknown-elf-readelf", "--file-header", str(tmp_path / "fit.elf")],
         capture_output=True,
@@ -101,9 +102,12 @@ def test_esp32_c3_quick_build_links_and_reports_regions(project: Path) -> None:
     assert report["firmware"]["compilers"] == RISCV_COMPILERS
     regions = {r["name"]: r for r in report["firmware"]["regions"]}
     assert (regions["FLASH"]["total"], regions["RAM"]["total"]) == (4_194_304, 393_216)
-    # The linker counts the model and the reserve (and a little code); the arena with its margin and the reserve.
+    # The linker counts the model and the placeholders (and a little code); the arena with its margin and
+    # the placeholders.
     assert 1_048_576 + report["artifact"]["tflite_bytes"] < regions["FLASH"]["used"] < 4_194_304
     assert 131_072 + report["firmware"]["arena_bytes"] <= regions["RAM"]["used"] < 393_216
+    assert report["firmware"]["fit_from"] == "the profile's runtime estimate"
+    assert regions["FLASH"]["parts"]["runtime (estimate)"] == 131_072
 
 
 @pytest.mark.slow
@@ -126,7 +130,8 @@ def test_missing_riscv_toolchain_warns_and_completes(project: Path, tmp_path: Pa
 @needs_arm
 def test_cpu_the_compiler_refuses_fails_in_preflight_in_seconds(project: Path) -> None:
     quick_project(project, targets=())
-    write_target(project, "s3", shipped("targets", "cortex-m4").replace('cpu = "cortex-m4"', 'cpu = "esp32s3"'))
+    text = shipped("targets", "cortex-m4").replace('cpu = "cortex-m4"', 'cpu = "esp32s3"')
+    write_target(project, "s3", text.replace('qemu_machine = "mps2-an386"', ""))
     start = time.monotonic()
     result = run_cli("--target", "s3", "--quiet", cwd=project)
     elapsed = time.monotonic() - start

@@ -1,7 +1,7 @@
 """Report: check every budget and write ``report.json`` and ``report.md``.
 
 Reads everything the earlier stages measured. Writes ``ctx.budgets``, ``ctx.report``
-and the two report files under ``ctx.work``. The driver fails the build with exit
+and the three report files under ``ctx.work``. The driver fails the build with exit
 code 3 when a budget is missed.
 """
 
@@ -90,7 +90,29 @@ def _firmware_lines(run: dict[str, Any]) -> list[str]:
             if fw["library_compiled_objects"]
             else "all from the cache"
         ),
+        *_kernel_table(fw["kernel_comparison"]),
     ]
+
+
+def _kernel_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Both TFLM kernel families on the same firmware (--compare-kernels): what each costs."""
+    if not runs:
+        return []
+    base = runs[-1]["instructions"]["mean"]
+    lines = [
+        "",
+        f"| kernels | instructions per inference (mean) | min | max | speed-up over {runs[-1]['kernels']} "
+        "| firmware flash B | arena used B | outputs differing from host TFLM |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        count, same = run["instructions"], run["vs_host_tflm"]
+        lines.append(
+            f"| {run['kernels']} | {count['mean']:,.0f} | {count['min']:,.0f} | {count['max']:,.0f} | "
+            f"{base / count['mean']:.2f}x | {run['flash_bytes']:,} | {run['arena_used_bytes']:,} | "
+            f"{same['mismatched_outputs']} of {same['compared_outputs']} |"
+        )
+    return [*lines, ""]
 
 
 def _markdown(report: dict[str, Any], table: str) -> str:
@@ -139,10 +161,12 @@ def _markdown(report: dict[str, Any], table: str) -> str:
             f"flash {npu['off_chip_flash_bytes'] + npu['on_chip_flash_bytes']:,} B; "
             f"ops on the CPU: {', '.join(npu['cpu_ops']) or 'none'}"
         )
-    for region in (report.get("firmware") or {}).get("regions", []):
+    firmware = report.get("firmware") or {}
+    for region in firmware.get("regions", []):
+        parts = ", ".join(f"{name} {size:,}" for name, size in region["parts"].items())
         lines.append(
-            f"- {region['name']} (linker): {region['used']:,} of {region['total']:,} B used, "
-            f"{region['margin']:,} B free"
+            f"- {region['name']} (linker, runtime from {firmware['fit_from']}): {region['used']:,} of "
+            f"{region['total']:,} B used, {region['margin']:,} B free ({parts})"
         )
     lines.append(f"- Peak memory of the build process: {report['build']['peak_memory_bytes'] / 2**20:,.0f} MB")
     if report.get("unsafe_model_allowed"):
