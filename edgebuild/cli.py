@@ -187,6 +187,76 @@ def build_command(target: str, recipe: str | None, out: Path | None, quiet: bool
     _build(recipe, target, out, quiet, flags)
 
 
+@cli.command("search")
+@click.option("-t", "--target", required=True, help="Target profile name or .toml path.")
+@click.option("-r", "--recipe", help="Recipe name or .toml path [default: ./edgebuild.toml, else mnist].")
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), help="Output folder [default: build/search/<recipe>/<target>]."
+)
+@click.option(
+    "--trials", type=click.IntRange(min=1), help="Trials of a random or optuna search [default: search.trials]."
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["grid", "random", "optuna"]),
+    help="How plans are picked [default: the recipe's search.algorithm, else optuna].",
+)
+@click.option("--ray-address", help="Send the trials to this Ray cluster (e.g. 10.0.0.5:6379) [default: a local Ray].")
+@click.option("-d", "--device", help="Also validate every trial there (e.g. qemu: the firmware on Cortex-M).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Stage cache shared by every trial (on shared storage for a cluster) [default: $EDGEBUILD_CACHE_DIR "
+    "or ~/.cache/edgebuild].",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings, errors and the result line.")
+def search_command(
+    target: str,
+    recipe: str | None,
+    out: Path | None,
+    trials: int | None,
+    algorithm: str | None,
+    ray_address: str | None,
+    device: str | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Search the recipe's compression plans (its [search] table) for the one that fits the target's budgets."""
+    from edgebuild.cache import check_cache_root, default_root
+    from edgebuild.devices import parse_device
+    from edgebuild.pipeline import resolve
+    from edgebuild.progress import Reporter
+    from edgebuild.search import search
+
+    project = Path.cwd()
+    loaded_recipe, loaded_target = resolve(recipe if recipe is not None else _project_recipe(project), target, project)
+    if device:
+        parse_device(device)
+    root = cache_dir or default_root()
+    check_cache_root(root)
+    folder = out or project / "build" / "search" / loaded_recipe.name / loaded_target.name
+    summary = search(
+        project,
+        loaded_recipe,
+        loaded_target,
+        folder,
+        reporter=Reporter(quiet=quiet),
+        cache_dir=root,
+        trials=trials,
+        algorithm=algorithm,
+        ray_address=ray_address,
+        device=device,
+    )
+    chosen = next(t for t in summary["trials"] if t["name"] == summary["chosen"])
+    click.echo(
+        f"searched {len(summary['trials'])} plans of {loaded_recipe.name} for {loaded_target.name} in "
+        f"{summary['seconds'] / 60:.1f} min: chosen {chosen['name']}, {chosen['tflite_bytes']:,} B, validation "
+        f"{summary['metric']} {chosen['validation_metric']:.4g} (test {chosen['test_metric']:.4g}); front of "
+        f"{len(summary['front_bytes'])} in {folder / 'search.html'}; build it with: edgebuild build --recipe "
+        f"{summary['best_recipe']} --target {target}"
+    )
+
+
 @cli.command("targets")
 def targets_command() -> None:
     """List the target profiles, one line each."""

@@ -7,6 +7,7 @@ read through the accessors below, which fail loudly when a stage runs out of ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,7 @@ class BuildContext:
     convert_sparsity: bool = False  # prune channels when the target's structure saves nothing
     allow_unsafe_model: bool = False  # load a model with Lambda or custom layers (runs its code)
     compare_kernels: bool = False  # --device qemu on TFLM: also run the firmware with the other kernel family
+    observer: Callable[[str, BuildContext], None] | None = None  # called after each stage with its name
 
     # preflight
     dataset: Dataset | None = None
@@ -82,6 +84,7 @@ class BuildContext:
     # what the stages measured, in pipeline order
     teacher_facts: Teacher | None = None
     stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # on the test split, by stage
+    stage_validation_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # the validation split's
     costs: dict[str, Costs] = field(default_factory=dict)  # each stage's model, by stage ("artifact" for validate)
     pruning: Pruning | None = None
     qat_layers: tuple[QatLayer, ...] = ()  # what QAT did with each layer; () when it did not run
@@ -123,6 +126,13 @@ class BuildContext:
         """The task's metrics of a Keras model on the test split (BuildError for a dead model)."""
         data = self.data
         return evaluate_model(model, data.x_test, data.y_test, data.task, what, data.anomaly_test)
+
+    def score_stage(self, stage: str, model: Any, what: str) -> dict[str, float]:
+        """A stage's model scored on the test split (returned, and kept in ``stage_metrics``) and on the
+        validation split (kept in ``stage_validation_metrics``; what a search decides by)."""
+        metrics = self.stage_metrics[stage] = self.score(model, what)
+        self.stage_validation_metrics[stage] = evaluate_model(model, self.x_val, self.y_val, self.data.task, what)
+        return metrics
 
     @property
     def pruned_structure(self) -> str:

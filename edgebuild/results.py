@@ -130,6 +130,7 @@ class Artifact:
     per_class_accuracy: dict[str, float] | None = None  # classification, on the test split (host)
     confusion_matrix: tuple[tuple[int, ...], ...] | None = None  # classification: rows true, columns predicted
     input_contract: InputContract | None = None
+    validation_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # on the validation split (host)
 
 
 @dataclass(frozen=True)

@@ -423,6 +423,7 @@ class Prune(_Checked):
     learning_rate: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
     criterion: Literal["l1", "l2", "taylor"] = "l2"  # channel importance
     steps: int = field(default=2, metadata=_range(1, 20))  # channel pruning in this many steps
+    sparsity: float | None = field(default=None, metadata=_range(0.0, 0.95, lo_open=True))  # None: the target's
 
 
 @dataclass(frozen=True)
@@ -431,6 +432,32 @@ class Qat(_Checked):
 
     epochs: int = field(default=3, metadata=_range(1, 10_000))
     learning_rate: float | None = field(default=None, metadata=_range(0.0, 10.0, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Search(_Checked):
+    """The compression plans ``edgebuild search`` explores, and how (see ``search.py``)."""
+
+    student_width: tuple[float, ...] = (0.5, 0.75, 1.0)
+    sparsity: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)  # of the channels; 0 = no pruning
+    quantization: tuple[Literal["ptq", "qat"], ...] = ("ptq", "qat")
+    precision: tuple[str, ...] = ()  # converter modes (int8, dynamic, float16, float32); () = the target's
+    algorithm: Literal["grid", "random", "optuna"] = "optuna"
+    trials: int = field(default=12, metadata=_range(1, 10_000))  # random and optuna (a grid runs all)
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    stop_margin: float = field(default=0.02, metadata=_range(0.0, 1.0))  # early stop: past the budget by this
+
+    def _check(self) -> None:
+        for key in ("student_width", "sparsity", "quantization"):
+            values = getattr(self, key)
+            if not values or len(set(values)) != len(values):
+                raise _Invalid(f"search.{key}", "needs one value or more, each once")
+        for width in self.student_width:
+            _check_range("search.student_width", width, _range(0.05, 16.0))
+        for sparsity in self.sparsity:
+            _check_range("search.sparsity", sparsity, _range(0.0, 0.95))
+        for mode in self.precision:
+            _check_known("search.precision", "precision", mode, ("int8", "dynamic", "float16", "float32"))
 
 
 @dataclass(frozen=True)
@@ -463,6 +490,7 @@ class Recipe(_Checked):
     prune: Prune | None = None
     qat: Qat | None = None
     firmware: FirmwareNames = FirmwareNames()
+    search: Search | None = None
     source: str = field(default="", metadata={"internal": True})
 
     def _check(self) -> None:

@@ -340,13 +340,34 @@ def extract(archive: Path, into: Path, name: str) -> None:
                 members.append(member)
             if not members:
                 raise tarfile.ReadError("it holds no files")
-            tar.extractall(into, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, members=members, filter="data")
+            else:  # Python before 3.11.4 (Debian bookworm's 3.11.2) has no extraction filters
+                for member in members:
+                    _check_member(member)
+                tar.extractall(into, members=members)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise BuildError(
             f"the archive {archive} is corrupt or truncated ({name}: {e})",
             hint="replace it with a fresh copy of the pinned archive"
             + (f", or unset {ARCHIVES_ENV} to download it" if os.environ.get(ARCHIVES_ENV) else ""),
         ) from None
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    """What tarfile's ``data`` filter refuses, for Pythons without it: a path, or a link's target,
+    outside the archive's folder, and anything but files, folders and links (devices, FIFOs)."""
+    paths = [member.name]
+    if member.issym():
+        paths.append(os.path.join(os.path.dirname(member.name), member.linkname))
+    elif member.islnk():
+        paths.append(member.linkname)
+    for path in paths:
+        normal = os.path.normpath(path)
+        if os.path.isabs(path) or normal == ".." or normal.startswith("../"):
+            raise tarfile.ReadError(f"{member.name} points outside the archive's folder")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise tarfile.ReadError(f"{member.name} is not a file, folder or link")
 
 
 def check_tree(tree: Path, source: Source) -> None:

@@ -18,7 +18,7 @@ from edgebuild.schema import load_recipe, load_target
 def verify(manifest_path: Path) -> list[str]:
     """Rebuild the manifest's recipe for its target without the cache; return the outputs that differ.
 
-    Outputs that hold timings (report.json, report.md) are not compared. Raises
+    Outputs that hold timings (report.json, report.md, report.html) are not compared. Raises
     ConfigError when the manifest is unreadable or an input changed since the build.
     """
     manifest = read_manifest(manifest_path)

@@ -95,6 +95,7 @@ def test_digits_for_rpi4_from_the_cli(project: Path, tmp_path: Path) -> None:
         "model.tflite",
         "model_data.cc",
         "model_data.h",
+        "report.html",
         "report.json",
         "report.md",
     ]

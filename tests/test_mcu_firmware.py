@@ -43,6 +43,7 @@ from edgebuild.third_party import (
     MARKER,
     SOURCES,
     URL_ENV,
+    extract,
     sources_id,
     tflm_tree,
 )
@@ -547,3 +548,38 @@ def test_a_failed_download_says_where_from_and_what_to_do(firmware_dir: Path, ar
     message = str(caught.value)
     assert f"{SOURCES[0].repo}/archive/{SOURCES[0].ref}.tar.gz failed" in message and ARCHIVES_ENV in message
     _nothing_half_made(firmware_dir)
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["tarfile-filter", "python-before-3.11.4"])
+def test_extract_keeps_everything_inside_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool
+) -> None:
+    """With tarfile's data filter, and without it (Debian bookworm's Python 3.11.2 has none): a link
+    inside the tree is extracted, a link or path out of it is refused."""
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(name: str, members: list[tuple[str, str]]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member, link in members:
+                info = tarfile.TarInfo(f"top/{member}")
+                if link:
+                    info.type, info.linkname = tarfile.SYMTYPE, link
+                    tar.addfile(info)
+                else:
+                    info.size = 2
+                    tar.addfile(info, io.BytesIO(b"ok"))
+        return path
+
+    good = archive("good.tar.gz", [("a/file", ""), ("b/c/link", "../../a/file")])
+    extract(good, tmp_path / "good", "good")
+    assert (tmp_path / "good" / "b" / "c" / "link").read_text() == "ok"
+    for name, members in {
+        "link-out": [("a/link", "../../outside")],
+        "path-out": [("../escape", "")],
+        "absolute-link": [("a/link", "/etc/passwd")],
+    }.items():
+        with pytest.raises(BuildError, match="corrupt or truncated"):
+            extract(archive(f"{name}.tar.gz", members), tmp_path / name, name)
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "escape").exists()

@@ -38,11 +38,10 @@ def run(ctx: BuildContext) -> StageResult:
         task=recipe.task,
     )
     ctx.teacher_model = teacher
-    metrics = ctx.score(teacher, "the float model")
+    metrics = ctx.score_stage("baseline", teacher, "the float model")
     teacher_tflite = convert_keras(teacher, "float32", "float32", None)
     ctx.costs["baseline"] = tflite_costs(teacher_tflite, ctx.x_fit[0])
     ctx.teacher_facts = Teacher(metrics.get("accuracy"), len(teacher_tflite), int(teacher.count_params()), metrics)
-    ctx.stage_metrics["baseline"] = metrics
     _copy_for_compression(ctx)
     trained = f"trained {recipe.train.epochs} epochs" if recipe.train.epochs else "loaded, not retrained"
     return StageResult(

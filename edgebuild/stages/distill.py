@@ -34,7 +34,7 @@ def run(ctx: BuildContext) -> StageResult:
     learning_rate = plan.learning_rate or ctx.recipe.train.learning_rate
     fine_tune(ctx, student, epochs=plan.epochs, learning_rate=learning_rate, seed_offset=1, what="distill student")
     ctx.model = student
-    metrics = ctx.stage_metrics["distill"] = ctx.score(student, "the distilled student")
+    metrics = ctx.score_stage("distill", student, "the distilled student")
     ctx.costs["distill"] = keras_costs(student, ctx.x_fit[0])
     return StageResult(
         f"student {architecture} width {plan.student_width:g}, {student.count_params()} parameters: "

@@ -218,6 +218,8 @@ def run(ctx: BuildContext) -> StageResult:
         )
 
     sparsity = ctx.sparsity = target.sparsity
+    if recipe.prune is not None and recipe.prune.sparsity is not None:  # the recipe's own aim (a searched plan)
+        sparsity = ctx.sparsity = dataclasses.replace(target.sparsity, target=recipe.prune.sparsity)
     if sparsity.target > 0 and sparsity.structure not in sparsity.exploitable:
         if not ctx.convert_sparsity:
             raise ConfigError(

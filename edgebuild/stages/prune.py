@@ -46,7 +46,7 @@ def run(ctx: BuildContext) -> StageResult:
     if sparsity.target == 0:
         return skipped("the target asks for no sparsity")
     summary = _prune_channels(ctx) if sparsity.structure == "channel" else _prune_magnitude(ctx)
-    metrics = ctx.stage_metrics["prune"] = ctx.score(ctx.model, "the pruned model")
+    metrics = ctx.score_stage("prune", ctx.model, "the pruned model")
     ctx.costs["prune"] = keras_costs(ctx.model, ctx.x_fit[0])
     return StageResult(f"{summary}, test {describe(metrics)}")
 

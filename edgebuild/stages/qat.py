@@ -54,7 +54,7 @@ def run(ctx: BuildContext) -> StageResult:
         what="quantization-aware training",
     )
     ctx.qat_model = qat_model
-    metrics = ctx.stage_metrics["qat"] = ctx.score(qat_model, "the quantization-aware model")
+    metrics = ctx.score_stage("qat", qat_model, "the quantization-aware model")
     kind = "prune-preserving " if _has_zeros(ctx) else ""
     return StageResult(f"{kind}QAT {plan.epochs} epochs: fake-quantized test {describe(metrics)}")
 

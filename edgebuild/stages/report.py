@@ -1,4 +1,4 @@
-"""Report: check every budget and write ``report.json`` and ``report.md``.
+"""Report: check every budget and write ``report.json``, ``report.md`` and ``report.html``.
 
 Reads everything the earlier stages measured. Writes ``ctx.budgets``, ``ctx.report``
 and the three report files under ``ctx.work``. The driver fails the build with exit
@@ -15,6 +15,7 @@ from typing import Any
 from edgebuild import __version__
 from edgebuild.budgets import budget_table, check_budgets
 from edgebuild.context import BuildContext
+from edgebuild.html_report import build_html
 from edgebuild.memory import peak_bytes
 from edgebuild.results import StageResult, to_json
 from edgebuild.tasks import ANOMALY_PERCENTILE, describe
@@ -219,11 +220,12 @@ def run(ctx: BuildContext) -> StageResult:
         "task": ctx.recipe.task,
         "stage_accuracy": {name: m["accuracy"] for name, m in ctx.stage_metrics.items() if "accuracy" in m},
         "stage_metrics": ctx.stage_metrics,
+        "stage_validation_metrics": ctx.stage_validation_metrics,
         "profiles": to_json(ctx.costs),
         "pruning": to_json(ctx.pruning),
         "qat_layers": to_json(ctx.qat_layers),
         "sparsity_note": _sparsity_note(ctx),
-        "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md"}],
+        "stages": [*ctx.stages, {"name": "report", "seconds": 0.0, "summary": "report.json, report.md, report.html"}],
         "warnings": ctx.warnings,
         "unsafe_model_allowed": ctx.allow_unsafe_model,
         "build": {"peak_memory_bytes": peak_bytes(), "threads": build_threads()},
@@ -234,6 +236,7 @@ def run(ctx: BuildContext) -> StageResult:
     ctx.report = report
     (ctx.work / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (ctx.work / "report.md").write_text(_markdown(report, budget_table(ctx.budgets)))
+    (ctx.work / "report.html").write_text(build_html(report))
     missed = [b.name for b in ctx.budgets if not b.ok]
     return StageResult(
         f"budgets: {len(ctx.budgets) - len(missed)} met, {len(missed)} missed"

@@ -121,9 +121,12 @@ def run(ctx: BuildContext) -> StageResult:
     on_device = device_run is not None and bool(device_run.metrics)
     metrics = device_run.metrics if device_run is not None and device_run.metrics else host_metrics
     threshold = None
-    if data.task == "reconstruction" and len(ctx.x_val):
+    validation_metrics: dict[str, float] = {}
+    if len(ctx.x_val):
         val_outputs = runner.run(ctx.tflite, inputs[0].quantize(ctx.x_val)).outputs
-        threshold = anomaly_threshold(reconstruction_errors(outputs[0].dequantize(val_outputs), ctx.x_val))
+        validation_metrics = evaluate(data.task, outputs[0].dequantize(val_outputs), ctx.y_val)
+        if data.task == "reconstruction":
+            threshold = anomaly_threshold(reconstruction_errors(outputs[0].dequantize(val_outputs), ctx.x_val))
     names = op_names(interpreter)
     ctx.artifact_facts = Artifact(
         accuracy=metrics.get("accuracy"),
@@ -145,6 +148,7 @@ def run(ctx: BuildContext) -> StageResult:
         anomaly_threshold=threshold,
         **_classes(ctx, result.outputs),
         input_contract=_input_contract(data.x_train, inputs[0]),
+        validation_metrics=validation_metrics,
     )
     ctx.costs["artifact"] = dataclasses.replace(
         tflite_costs(ctx.tflite, data.x_test[0], arena=False), arena_bytes=arena, accuracy=host_metrics.get("accuracy")

@@ -1,0 +1,184 @@
+"""``edgebuild search``: compression plans searched on Ray Tune, on a real local two-node Ray cluster.
+
+The cluster is ``ray start --head`` on 127.0.0.1 (one CPU) and a second ``ray start --address``
+worker node process (one CPU), with a token of the test's own (``RAY_AUTH_TOKEN``), each start
+bounded in time and both stopped by the fixture. A tiny recipe (digits, an MLP, a grid of four
+plans) is searched through ``--ray-address`` first (the trials train, spread over both nodes),
+then again on a local Ray with the same stage cache: the same trials, the same fronts, the same
+chosen plan. The chosen plan's recipe then builds for the target and meets every budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_line_error, run_cli, shipped
+
+RAY = Path(sys.executable).with_name("ray")
+SEARCHED = """name = "tiny"
+dataset = "digits"
+seed = 0
+[model]
+architecture = "mlp"
+width = 0.5
+[train]
+epochs = 6
+batch_size = 32
+learning_rate = 3e-3
+[distill]
+student_width = 1.0
+epochs = 2
+[prune]
+epochs = 1
+[qat]
+epochs = 1
+[search]
+student_width = [0.5, 1.0]
+sparsity = [0.25, 0.5]
+quantization = ["ptq"]
+algorithm = "grid"
+"""
+
+needs_ray = pytest.mark.skipif(not RAY.is_file(), reason="needs Ray Tune: pip install 'edgebuild[ray]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _project(folder: Path, max_drop: str = "0.05", model_bytes: str = "524_288") -> Path:
+    (folder / "targets").mkdir(parents=True)
+    (folder / "edgebuild.toml").write_text(SEARCHED)
+    text = shipped("targets", "cortex-m4").replace('name = "cortex-m4"', 'name = "m4"')
+    text = text.replace("max_accuracy_drop = 0.01", f"max_accuracy_drop = {max_drop}")
+    text = text.replace("model_bytes = 524_288", f"model_bytes = {model_bytes}")
+    (folder / "targets" / "m4.toml").write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A two-node Ray cluster on 127.0.0.1: its address and the environment that reaches it."""
+    if not RAY.is_file():
+        pytest.skip("needs Ray Tune: pip install 'edgebuild[ray]'")
+    temp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    head = [str(RAY), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
+    try:
+        subprocess.run([*head, *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(RAY), "start", f"--address={address}", *common], env=env, check=True, capture_output=True, timeout=120
+        )
+        status = subprocess.run(
+            [str(RAY), "status", f"--address={address}"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert status.stdout.count(" node_") == 2, status.stdout + status.stderr  # two nodes are up
+        yield address, env
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _search(project: Path, env: dict[str, str], *args: str) -> dict:  # type: ignore[type-arg]
+    result = run_cli("search", "--target", "m4", *args, cwd=project, env=env, timeout=1800)
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.err
+    return dict(json.loads((project / "build" / "search" / "tiny" / "m4" / "search.json").read_text()))
+
+
+@pytest.mark.slow
+@needs_ray
+def test_the_same_search_on_a_two_node_cluster_and_locally_gives_the_same_front(
+    ray_cluster: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    address, env = ray_cluster
+    env = {**env, "EDGEBUILD_CACHE_DIR": str(tmp_path / "cache")}  # shared by every trial (one machine here)
+    project = _project(tmp_path / "project")
+    remote = _search(project, env, "--ray-address", address)
+    trials = remote["trials"]
+    assert sorted(t["name"] for t in trials) == sorted(
+        f"w{w}-s{s}-ptq-int8" for w in ("0.5", "1") for s in ("0.25", "0.5")
+    )
+    assert {t["status"] for t in trials} <= {"done", "stopped", "failed"}
+    for t in trials:
+        if t["status"] == "done":
+            assert t["tflite_bytes"] > 0 and 0 < t["validation_metric"] <= 1 and 0 < t["test_metric"] <= 1
+            assert t["budgets_met"] == (not t["missed"])
+        else:
+            assert t["budgets_met"] is False and t["reason"]
+    done = {t["name"] for t in trials if t["status"] == "done"}
+    assert set(remote["front_bytes"]) <= done and remote["front_bytes"]
+    chosen = next(t for t in trials if t["name"] == remote["chosen"])
+    assert chosen["budgets_met"] and chosen["name"] in remote["front_bytes"]
+    feasible = [t for t in trials if t["budgets_met"]]
+    assert chosen["tflite_bytes"] == min(t["tflite_bytes"] for t in feasible)  # the smallest plan that fits
+    html = (project / "build" / "search" / "tiny" / "m4" / "search.html").read_text()
+    assert "<svg" in html and chosen["name"] in html
+
+    # The same search on a local Ray: every stage from the shared cache, the same result.
+    local = _search(project, env)
+    for key in ("front_bytes", "front_arena", "chosen"):
+        assert local[key] == remote[key], key
+    same = ("name", "status", "tflite_bytes", "arena_bytes", "validation_metric", "test_metric", "budgets_met")
+    assert [{k: t[k] for k in same} for t in local["trials"]] == [{k: t[k] for k in same} for t in trials]
+
+    # The chosen plan as a recipe: it builds for the target and meets every budget.
+    best = Path(local["best_recipe"])
+    assert best.is_file() and best.read_text().startswith("# Written by edgebuild search:")
+    shutil.copy(best, project / "best.toml")
+    built = run_cli("build", "--recipe", "best.toml", "--target", "m4", "--quiet", cwd=project, env=env)
+    assert built.code == 0, built.err
+    report = json.loads((project / "build" / "tiny-m4-searched" / "m4" / "report.json").read_text())
+    assert report["artifact"]["tflite_bytes"] == chosen["tflite_bytes"]
+    assert all(b["ok"] for b in report["budgets"])
+
+
+@pytest.mark.slow
+@needs_ray
+def test_no_plan_that_fits_is_exit_3_naming_the_closest(tmp_path: Path) -> None:
+    project = _project(tmp_path / "project", model_bytes="2_000")  # no MLP of these fits 2 kB
+    env = {"EDGEBUILD_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("search", "--target", "m4", "--quiet", cwd=project, env=env, timeout=1800)
+    assert result.code == 3, result.err
+    assert "Traceback" not in result.err
+    line = result.err.strip().splitlines()[-1]
+    assert "no plan of 4 met every budget of m4" in line and "the closest" in line and "model_bytes" in line
+    summary = json.loads((project / "build" / "search" / "tiny" / "m4" / "search.json").read_text())
+    assert summary["chosen"] is None and len(summary["trials"]) == 4
+    assert not (project / "build" / "search" / "tiny" / "m4" / "best.toml").exists()
+
+
+def test_a_bad_search_table_is_one_line(tmp_path: Path) -> None:
+    project = _project(tmp_path / "project")
+    cases = {
+        "sparsity = [0.25, 0.5]": ("sparsity = []", "search.sparsity", "one value or more"),
+        'quantization = ["ptq"]': ('quantization = ["fp16"]', "search.quantization", "'fp16' is not allowed"),
+        'algorithm = "grid"': ('algorithm = "grid"\nprecision = ["int4"]', "search.precision", "unknown precision"),
+    }
+    for old, (new, key, what) in cases.items():
+        (project / "edgebuild.toml").write_text(SEARCHED.replace(old, new))
+        result = run_cli("search", "--target", "m4", cwd=project)
+        assert_one_line_error(result, 2, key, what)
+    (project / "edgebuild.toml").write_text(SEARCHED.replace("[train]", "[train]\nvalidation_fraction = 0.0"))
+    result = run_cli("search", "--target", "m4", cwd=project)
+    assert_one_line_error(result, 2, "train.validation_fraction", "validation split")
+    (project / "edgebuild.toml").write_text(SEARCHED)
+    (project / "build" / "search" / "tiny" / "m4").mkdir(parents=True)
+    (project / "build" / "search" / "tiny" / "m4" / "notes.txt").write_text("mine")
+    result = run_cli("search", "--target", "m4", cwd=project)
+    assert_one_line_error(result, 2, "notes.txt", "edgebuild did not write")
+    assert (project / "build" / "search" / "tiny" / "m4" / "notes.txt").read_text() == "mine"
