@@ -70,6 +70,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {_mb(m['memory_bytes'])} RAM, {m['platform']},"
         f" Python {m['python']}.",
         f"Versions: {v}.",
+        *(
+            ["", "Parts run: " + ", ".join(f"{part} {date}" for part, date in result["parts_run"].items()) + "."]
+            if "parts_run" in result
+            else []
+        ),
         "",
         *goal_lines(result["goals"]),
     ]
@@ -192,6 +197,7 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             lines += ["", "The firmware was not run: set `EDGEBUILD_THIRD_PARTY` to TFLM's archives to run it."]
 
+    lines += _search_lines(result.get("search"))
     lines += ["", "## 4. Build cost", "", f"The cold `{result['recipe']}` build for rpi4, per stage:", ""]
     lines += ["| stage | seconds | what it did |", "|---|---|---|"]
     lines += [f"| {s['name']} | {s['seconds']:.1f} | {s['summary']} |" for s in t.get("cold_stages", [])]
@@ -218,6 +224,39 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {row['train_images']:,} | {row['wall_s']} s | {_mb(row['peak_rss_bytes'])} | {stages} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _search_lines(part: dict[str, Any] | None) -> list[str]:
+    """Part 5: edgebuild search for cortex-m4 against the script, per seed."""
+    lines = ["", "## 5. `edgebuild search` against the TF-MOT script (cortex-m4)", ""]
+    if not part:
+        return [*lines, "Not run (`python bench/run.py --only search` runs it alone)."]
+    if "error" in part:
+        return [*lines, f"Failed: {part['error']}"]
+    se = part["accuracy_diff_standard_error"]
+    lines += [
+        f"A cold Optuna search of {part['trials_per_search']} trials per seed (its own stage cache: the teacher"
+        " trained once per search), decided on the validation split; the chosen plan (the feasible one with the"
+        " fewest bytes) scored on the test split, against the script's int8 model of the same seed.",
+        "",
+        "| seed | chosen plan | bytes | arena | val. accuracy | test accuracy | script bytes | script accuracy"
+        " | trials (stopped, feasible) | search wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in part["runs"]:
+        c, s = r["chosen"], r["script"]
+        lines.append(
+            f"| {r['seed']} | {c['plan']} | {c['tflite_bytes']:,} | {c['arena_bytes']:,} | "
+            f"{_pct(c['validation_accuracy'])} | {_pct(c['accuracy'])} | {s['tflite_bytes']:,} | "
+            f"{_pct(s['accuracy'])} | {r['trials']} ({r['stopped_early']}, {r['feasible']}) | {r['wall_s']} s |"
+        )
+    lines += [
+        "",
+        f"Mean bytes ratio {part['bytes_ratio']}; accuracy difference {part['accuracy_diff_points']:+.2f} points"
+        + (f" (standard error {se:.2f} over the seeds)" if se is not None else "")
+        + f"; one cold build for cortex-m4 took {part['cold_build_s']} s, a search {part['wall_ratio']}x that.",
+    ]
+    return lines
 
 
 def _stage_list(stages: dict[str, float]) -> str:

@@ -13,6 +13,10 @@ numbered as in RESULTS.md:
    part 1's full plan for the first seed.
 3. ``mlperf_kws.py``: the MLPerf Tiny keyword-spotting DS-CNN against its int8 model.
 4. ``build_cost.py``: wall time and memory per stage, and their growth with data and width.
+5. ``search_bench.py``: ``edgebuild search`` for cortex-m4 against the script, 3 seeds.
+
+``--only search`` runs part 5 alone and merges it into the results already in ``--out`` (the
+other parts keep their figures and their date; ``parts_run`` says when each ran).
 
 The goals (``goals.py``) are judged once every part has run; a goal that could not be
 measured is unmet, with the reason. ``report.py`` writes RESULTS.md.
@@ -35,6 +39,7 @@ import build_cost
 import every_target
 import mlperf_kws
 import report
+import search_bench
 import vs_script
 from common import BENCH, describe_machine, scaled_epochs, shipped
 from goals import SHIPPED_TARGETS, Measurement, judge_goals
@@ -49,6 +54,7 @@ def main() -> None:
     parser.add_argument("--kws", type=Path, help="the mlperf-tiny-kws folder (reference DS-CNN, int8 model, inputs)")
     parser.add_argument("--quick", action="store_true", help="a smoke run on the digits recipe (a few minutes)")
     parser.add_argument("--out", type=Path, help="where results.json and RESULTS.md go [bench/, or bench/quick/]")
+    parser.add_argument("--only", choices=["search"], help="run this part alone, merged into --out's results")
     args = parser.parse_args()
     out = args.out or (BENCH / "quick" if args.quick else BENCH)
     if args.quick and out.resolve() == BENCH:
@@ -56,6 +62,10 @@ def main() -> None:
     recipe = shipped("recipes", "digits" if args.quick else "mnist")
     if args.quick:
         recipe = {**scaled_epochs(recipe, QUICK_EPOCH_FRACTION), "name": "digits-quick"}
+    search_seeds, search_trials = ((0,), 4) if args.quick else ((0, 1, 2), 12)
+    if args.only:
+        _only_search(out, recipe, search_seeds, search_trials)
+        return
     started = time.perf_counter()
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -75,6 +85,9 @@ def main() -> None:
         seeds = (0,) if args.quick else (0, 1, 2)
         full_plan_first = every_target.full_plan_build(result["every_target"])
         result["against_script"] = vs_script.against_script(recipe, work / "script", seeds, full_plan_first)
+        print("edgebuild search against the TF-MOT script ...", flush=True)
+        (work / "search").mkdir()
+        result["search"] = search_bench.search_part(recipe, work / "search", search_seeds, search_trials)
         if args.kws:
             print("MLPerf Tiny KWS ...", flush=True)
             (work / "kws").mkdir()
@@ -84,15 +97,37 @@ def main() -> None:
             (work / "cost").mkdir()
             result["build_cost"] = build_cost.build_cost(recipe, work / "cost", (1, 2, 4), (0.5, 2.0))
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    result["goals"] = judge_goals(
+    result["parts_run"] = {part: result["date"] for part in ("every_target", "against_script", "search", "kws")}
+    _write(out, result, args.quick)
+
+
+def _judge(result: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    return judge_goals(
         {
             **every_target.measure_goals(result["every_target"]),
             **vs_script.measure_goals(result["against_script"]),
+            **search_bench.measure_goals(result.get("search")),
             **mlperf_kws.measure_goals(result.get("kws")),
             "bench.wall_s": Measurement(round(result["wall_s"])),
         },
-        args.quick,
+        quick,
     )
+
+
+def _only_search(out: Path, recipe: dict[str, Any], seeds: tuple[int, ...], trials: int) -> None:
+    """Part 5 alone, merged into ``out/results.json`` (which must exist: the other parts' figures)."""
+    result = json.loads((out / "results.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="edgebuild-bench-") as tmp:
+        print("edgebuild search against the TF-MOT script ...", flush=True)
+        result["search"] = search_bench.search_part(recipe, Path(tmp), seeds, trials)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    result.setdefault("parts_run", {})["search"] = now
+    _write(out, result, result["quick"])
+
+
+def _write(out: Path, result: dict[str, Any], quick: bool) -> None:
+    """Judge the goals and write results.json and RESULTS.md into ``out``."""
+    result["goals"] = _judge(result, quick)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "RESULTS.md").write_text(report.markdown(result))

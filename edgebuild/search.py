@@ -344,7 +344,7 @@ def search(
                 num_samples=1 if algorithm == "grid" else trials,
                 max_concurrent_trials=parallel if algorithm == "optuna" else None,
                 trial_name_creator=lambda trial: Plan(**_plan_values(trial.config)).name,
-                trial_dirname_creator=lambda trial: Plan(**_plan_values(trial.config)).name,
+                trial_dirname_creator=lambda trial: f"{Plan(**_plan_values(trial.config)).name}-{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name="search",
@@ -356,11 +356,21 @@ def search(
             ),
         )
         results = tuner.fit()
-        records = _records(results, stopper)
+        records = _records(results, stopper, {record["name"] for record in progress.done})
     finally:
         ray.shutdown()
+    ended = sum(r["status"] != "interrupted" for r in records)
+    records = list({r["name"]: r for r in reversed(records)}.values())[::-1]  # a plan sampled twice: once
     summary = summarize(records, setup, algorithm, trials, time.perf_counter() - started)
     write_outputs(out, summary, recipe, target)
+    cut = progress.planned - ended
+    if cut > 0:  # Ctrl-C: Tune stopped the trials (and started no more); what ended is written
+        raise EdgebuildError(
+            f"search interrupted: {ended} trial(s) that ended are in {out / SEARCH_JSON}, "
+            f"{cut} were cut short or never started",
+            hint="run the search again: finished stages come from the cache",
+            exit_code=130,
+        )
     chosen = summary["chosen"]
     if chosen is None:
         closest = _closest(records)
@@ -497,7 +507,8 @@ class _Progress:
 
     def finished(self, trial: Any) -> None:
         self.running.discard(trial.trial_id)
-        record = (trial.last_result or {}).get("record") or {"name": str(trial), "status": "stopped"}
+        name = Plan(**_plan_values(trial.config)).name
+        record = (trial.last_result or {}).get("record") or {"name": name, "status": "stopped"}
         self.done.append(record)
         feasible = [r for r in self.done if r.get("budgets_met")]
         best = min(feasible, key=lambda r: r["tflite_bytes"], default=None)
@@ -512,8 +523,9 @@ class _Progress:
         )
 
 
-def _records(results: Any, stopper: HopelessStopper) -> list[dict[str, Any]]:
-    """Every trial's record, from Tune's results: finished, stopped early, or failed."""
+def _records(results: Any, stopper: HopelessStopper, ended: set[str]) -> list[dict[str, Any]]:
+    """Every trial's record, from Tune's results: finished, stopped early, failed, or interrupted
+    (a Ctrl-C ended the search before the trial did: not in ``ended``)."""
     records = []
     for result in results:
         last = result.metrics or {}
@@ -525,7 +537,9 @@ def _records(results: Any, stopper: HopelessStopper) -> list[dict[str, Any]]:
             record = {
                 "name": plan.name,
                 "plan": dataclasses.asdict(plan),
-                "status": "stopped" if trial_id in stopper.stopped else "failed",
+                "status": (
+                    "stopped" if trial_id in stopper.stopped else "failed" if plan.name in ended else "interrupted"
+                ),
                 "reason": reason,
                 "tflite_bytes": _number(last.get("tflite_bytes")),
                 "arena_bytes": _number(last.get("arena_bytes")),

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -182,3 +183,30 @@ def test_a_bad_search_table_is_one_line(tmp_path: Path) -> None:
     result = run_cli("search", "--target", "m4", cwd=project)
     assert_one_line_error(result, 2, "notes.txt", "edgebuild did not write")
     assert (project / "build" / "search" / "tiny" / "m4" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ctrl_c_stops_the_trials_and_keeps_what_finished(tmp_path: Path) -> None:
+    project = _project(tmp_path / "project")
+    env = {**os.environ, "EDGEBUILD_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "edgebuild", "search", "--target", "m4"]
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the first trial that ends: then Ctrl-C
+        seen.append(line)
+        if line.strip().startswith("trial "):
+            process.send_signal(signal.SIGINT)
+            break
+    try:
+        _, rest = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    err = "".join(seen) + rest
+    assert process.returncode == 130, err
+    assert "search interrupted: " in err and "Traceback" not in err
+    summary = json.loads((project / "build" / "search" / "tiny" / "m4" / "search.json").read_text())
+    statuses = {t["name"]: t["status"] for t in summary["trials"]}
+    assert set(statuses.values()) - {"interrupted"}  # the trial that ended is kept
+    assert len(statuses) < 4 or "interrupted" in statuses.values()  # the others were cut short or never started
