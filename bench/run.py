@@ -15,8 +15,9 @@ numbered as in RESULTS.md:
 4. ``build_cost.py``: wall time and memory per stage, and their growth with data and width.
 5. ``search_bench.py``: ``edgebuild search`` for cortex-m4 against the script, 3 seeds.
 
-``--only search`` runs part 5 alone and merges it into the results already in ``--out`` (the
-other parts keep their figures and their date; ``parts_run`` says when each ran).
+``--only search`` (or ``--only kws``) runs that part alone and merges it into the results
+already in ``--out`` (the other parts keep their figures and their date; ``parts_run`` says
+when each ran).
 
 The goals (``goals.py``) are judged once every part has run; a goal that could not be
 measured is unmet, with the reason. ``report.py`` writes RESULTS.md.
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--kws", type=Path, help="the mlperf-tiny-kws folder (reference DS-CNN, int8 model, inputs)")
     parser.add_argument("--quick", action="store_true", help="a smoke run on the digits recipe (a few minutes)")
     parser.add_argument("--out", type=Path, help="where results.json and RESULTS.md go [bench/, or bench/quick/]")
-    parser.add_argument("--only", choices=["search"], help="run this part alone, merged into --out's results")
+    parser.add_argument("--only", choices=["search", "kws"], help="run this part alone, merged into --out's results")
     args = parser.parse_args()
     out = args.out or (BENCH / "quick" if args.quick else BENCH)
     if args.quick and out.resolve() == BENCH:
@@ -63,8 +64,10 @@ def main() -> None:
     if args.quick:
         recipe = {**scaled_epochs(recipe, QUICK_EPOCH_FRACTION), "name": "digits-quick"}
     search_seeds, search_trials = ((0,), 4) if args.quick else ((0, 1, 2), 12)
+    if args.only == "kws" and not args.kws:
+        parser.error("--only kws needs --kws PATH")
     if args.only:
-        _only_search(out, recipe, search_seeds, search_trials)
+        _only(args.only, out, recipe, search_seeds, search_trials, args.kws)
         return
     started = time.perf_counter()
     result: dict[str, Any] = {
@@ -114,14 +117,19 @@ def _judge(result: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     )
 
 
-def _only_search(out: Path, recipe: dict[str, Any], seeds: tuple[int, ...], trials: int) -> None:
-    """Part 5 alone, merged into ``out/results.json`` (which must exist: the other parts' figures)."""
+def _only(part: str, out: Path, recipe: dict[str, Any], seeds: tuple[int, ...], trials: int, kws: Path | None) -> None:
+    """One part alone (``search`` or ``kws``), merged into ``out/results.json`` (which must exist: the
+    other parts' figures stay, with their dates in ``parts_run``)."""
     result = json.loads((out / "results.json").read_text())
     with tempfile.TemporaryDirectory(prefix="edgebuild-bench-") as tmp:
-        print("edgebuild search against the TF-MOT script ...", flush=True)
-        result["search"] = search_bench.search_part(recipe, Path(tmp), seeds, trials)
+        print(f"{part} ...", flush=True)
+        if part == "search":
+            result["search"] = search_bench.search_part(recipe, Path(tmp), seeds, trials)
+        else:
+            assert kws is not None
+            result["kws"] = mlperf_kws.kws(kws.resolve(), Path(tmp))
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    result.setdefault("parts_run", {})["search"] = now
+    result.setdefault("parts_run", {})[part] = now
     _write(out, result, result["quick"])
 
 

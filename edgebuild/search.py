@@ -140,6 +140,7 @@ def run_trial(config: dict[str, Any], setup: Setup) -> None:
     """
     from ray import tune
 
+    from edgebuild.devices import parse_device
     from edgebuild.pipeline import BuildOptions, build_in
 
     plan = Plan(**{key: config[key] for key in ("student_width", "sparsity", "quantization", "precision")})
@@ -157,8 +158,6 @@ def run_trial(config: dict[str, Any], setup: Setup) -> None:
             known["val_metric"] = ctx.artifact.validation_metrics.get(setup.metric, math.nan)
             known["arena_bytes"] = float(ctx.artifact.arena_bytes or math.nan)
         tune.report({"stage": stage, "done": False, **known})
-
-    from edgebuild.devices import parse_device
 
     options = BuildOptions(device=parse_device(setup.device) if setup.device else None, observer=observe)
     record: dict[str, Any] = {"plan": dataclasses.asdict(plan), "name": plan.name}
@@ -283,6 +282,12 @@ def search(
             hint="set train.validation_fraction to 0.1 or so",
         )
     space = plan_space(recipe, target, space_table)
+    if (recipe.distill is None or recipe.distill.student_architecture is None) and recipe.model.architecture is None:
+        raise ConfigError(
+            f"{recipe.source}: a search distills students of each search.student_width, and the recipe's model is "
+            "a saved model with no built-in architecture to make a student from",
+            hint="add [distill] student_architecture = 'small_cnn' (or ds_cnn, mlp) to the recipe",
+        )
     check_search_folder(out, recipe, target)
     best_recipe_path(out, recipe, target)  # a file there that a search did not write: refused before any work
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and hints: edgebuild prints progress
