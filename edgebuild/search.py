@@ -320,7 +320,7 @@ def search(
     env = {k: v for k, v in os.environ.items() if k.startswith(("EDGEBUILD_", "ONEDNN_", "TF_"))}
     try:
         ray.init(
-            address=ray_address,
+            address=ray_address or "local",  # a Ray of its own, not one that happens to run on this machine
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.ERROR,
