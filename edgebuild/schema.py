@@ -446,6 +446,7 @@ class Search(_Checked):
     trials: int = field(default=12, metadata=_range(1, 10_000))  # random and optuna (a grid runs all)
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     stop_margin: float = field(default=0.02, metadata=_range(0.0, 1.0))  # early stop: past the budget by this
+    choose: Literal["most_accurate", "smallest"] = "most_accurate"  # of the plans that meet every budget
 
     def _check(self) -> None:
         for key in ("student_width", "sparsity", "quantization"):

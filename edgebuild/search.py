@@ -88,6 +88,7 @@ class Setup:
     teacher_validation: float
     limits: dict[str, float]  # model_bytes, arena_bytes, max_metric_drop (what the budgets allow)
     stop_margin: float
+    choose: str  # most_accurate | smallest
 
 
 def plan_space(recipe: Recipe, target: Target, search: Search) -> dict[str, list[Any]]:
@@ -316,6 +317,7 @@ def search(
         teacher_validation=teacher,
         limits=_limits(recipe, target),
         stop_margin=space_table.stop_margin,
+        choose=space_table.choose,
     )
     env = {k: v for k, v in os.environ.items() if k.startswith(("EDGEBUILD_", "ONEDNN_", "TF_"))}
     try:
@@ -588,11 +590,18 @@ def pareto(records: list[dict[str, Any]], cost: str, higher_is_better: bool) -> 
 def summarize(
     records: list[dict[str, Any]], setup: Setup, algorithm: str, trials: int, seconds: float
 ) -> dict[str, Any]:
-    """What ``search.json`` holds: the trials, both fronts and the chosen plan (the feasible plan with
-    the fewest model bytes, then the better validation metric, then the name)."""
+    """What ``search.json`` holds: the trials, both fronts and the chosen plan: of the plans that meet
+    every budget, the best validation metric, then the fewest model bytes (``most_accurate``), or the
+    fewest bytes, then the best metric (``smallest``); then the name."""
     sign = 1 if setup.higher_is_better else -1
     feasible = [r for r in records if r["budgets_met"]]
-    chosen = min(feasible, key=lambda r: (r["tflite_bytes"], -sign * r["validation_metric"], r["name"]), default=None)
+
+    def rank(r: dict[str, Any]) -> tuple[Any, ...]:
+        metric = -sign * round(r["validation_metric"], 9)
+        first = (metric, r["tflite_bytes"]) if setup.choose == "most_accurate" else (r["tflite_bytes"], metric)
+        return (*first, r["name"])
+
+    chosen = min(feasible, key=rank, default=None)
     return {
         "edgebuild_search": 1,
         "recipe": setup.recipe.name,
@@ -612,6 +621,7 @@ def summarize(
         "front_bytes": pareto(records, "tflite_bytes", setup.higher_is_better),
         "front_arena": pareto(records, "arena_bytes", setup.higher_is_better),
         "chosen": chosen["name"] if chosen else None,
+        "choose": setup.choose,
         "best_recipe": None,
     }
 

@@ -126,7 +126,9 @@ def test_the_same_search_on_a_two_node_cluster_and_locally_gives_the_same_front(
     chosen = next(t for t in trials if t["name"] == remote["chosen"])
     assert chosen["budgets_met"] and chosen["name"] in remote["front_bytes"]
     feasible = [t for t in trials if t["budgets_met"]]
-    assert chosen["tflite_bytes"] == min(t["tflite_bytes"] for t in feasible)  # the smallest plan that fits
+    best = max(t["validation_metric"] for t in feasible)  # the most accurate plan that fits, then the smallest
+    assert chosen["validation_metric"] == best
+    assert chosen["tflite_bytes"] == min(t["tflite_bytes"] for t in feasible if t["validation_metric"] == best)
     html = (project / "build" / "search" / "tiny" / "m4" / "search.html").read_text()
     assert "<svg" in html and chosen["name"] in html
 
