@@ -121,7 +121,10 @@ class StageCache:
         return Entry(arrays, meta["meta"])
 
     def store(self, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Write an entry atomically (a temporary folder renamed into place), then evict to the size bound."""
+        """Write an entry atomically (a temporary folder renamed into place), then evict to the size bound.
+
+        Another process may store the same key at the same time (a search's trials share stages): an
+        entry already in place is kept, since a key names what its content is computed from."""
         if not self.enabled:
             return
         folder = self._folder(key)
@@ -131,9 +134,13 @@ class StageCache:
             np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
             record = {"key": key, "arrays_sha256": sha256_of(tmp / "arrays.npz"), "meta": meta}
             (tmp / "meta.json").write_text(json.dumps(record, default=str))
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
+            if folder.exists() and not (folder / "meta.json").is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # what is left of an entry that was never complete
+            try:
+                tmp.rename(folder)
+            except OSError:
+                if not (folder / "meta.json").is_file():  # not a concurrent store of the same entry
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.evict()

@@ -354,7 +354,7 @@ def search(
                 trial_dirname_creator=lambda trial: f"{Plan(**_plan_values(trial.config)).name}-{trial.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name="search",
+                name=f"search-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",  # one experiment per run
                 storage_path=str(out / "ray"),
                 stop=stopper.__call__,
                 callbacks=[progress.callback()],
@@ -362,8 +362,8 @@ def search(
                 log_to_file=True,
             ),
         )
-        results = tuner.fit()
-        records = _records(results, stopper, {record["name"] for record in progress.done})
+        tuner.fit()  # the records come from what the driver saw (progress.trials), not the files synced to storage
+        records = _records(progress.trials, stopper, {record["name"] for record in progress.done})
     finally:
         ray.shutdown()
     ended = sum(r["status"] != "interrupted" for r in records)
@@ -486,6 +486,8 @@ class _Progress:
         self.reporter, self.planned, self.parallel = reporter, planned, parallel
         self.done: list[dict[str, Any]] = []
         self.running: set[str] = set()
+        # every trial that started, as the driver saw it: id -> (config, last result, error)
+        self.trials: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {}
         self.started = time.perf_counter()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -503,6 +505,12 @@ class _Progress:
         class Callback(tune.Callback):
             def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
                 progress.running.add(trial.trial_id)
+                progress.trials[trial.trial_id] = (dict(trial.config), {}, "")
+
+            def on_trial_result(
+                self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+            ) -> None:
+                progress.trials[trial.trial_id] = (dict(trial.config), dict(result), "")
 
             def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
                 progress.finished(trial)
@@ -514,6 +522,8 @@ class _Progress:
 
     def finished(self, trial: Any) -> None:
         self.running.discard(trial.trial_id)
+        error = str(getattr(trial, "error_file", "") or "")
+        self.trials[trial.trial_id] = (dict(trial.config), dict(trial.last_result or {}), error)
         name = Plan(**_plan_values(trial.config)).name
         record = (trial.last_result or {}).get("record") or {"name": name, "status": "stopped"}
         self.done.append(record)
@@ -530,17 +540,17 @@ class _Progress:
         )
 
 
-def _records(results: Any, stopper: HopelessStopper, ended: set[str]) -> list[dict[str, Any]]:
-    """Every trial's record, from Tune's results: finished, stopped early, failed, or interrupted
-    (a Ctrl-C ended the search before the trial did: not in ``ended``)."""
+def _records(
+    trials: dict[str, tuple[dict[str, Any], dict[str, Any], str]], stopper: HopelessStopper, ended: set[str]
+) -> list[dict[str, Any]]:
+    """Every trial's record, from what the driver saw of it (its config, last result and error file):
+    finished, stopped early, failed, or interrupted (a Ctrl-C ended the search first: not in ``ended``)."""
     records = []
-    for result in results:
-        last = result.metrics or {}
-        plan = Plan(**_plan_values(result.config))
+    for trial_id, (config, last, error) in trials.items():
+        plan = Plan(**_plan_values(config))
         record = last.get("record")
         if record is None:
-            trial_id = last.get("trial_id", "")
-            reason = stopper.stopped.get(trial_id) or (str(result.error).splitlines()[0] if result.error else "")
+            reason = stopper.stopped.get(trial_id) or (f"the trial raised an error (see {error})" if error else "")
             record = {
                 "name": plan.name,
                 "plan": dataclasses.asdict(plan),
