@@ -236,9 +236,14 @@ def _search_lines(part: dict[str, Any] | None) -> list[str]:
     se = part["accuracy_diff_standard_error"]
     lines += [
         f"A cold Optuna search of {part['trials_per_search']} trials per seed (its own stage cache: the teacher"
-        " trained once per search), decided on the validation split; the chosen plan (of those meeting every"
-        " budget, the most accurate on validation, then the smallest) scored on the test split, against the"
-        " script's int8 model of the same seed.",
+        " trained once per search), decided on the validation split; the chosen plan ("
+        + (
+            "of those meeting every budget, the smallest, then the most accurate on validation: `choose = smallest`,"
+            " the rule when this was measured; the default is now most accurate first"
+            if part.get("choose") == "smallest"
+            else "of those meeting every budget, the most accurate on validation, then the smallest"
+        )
+        + ") scored on the test split, against the script's int8 model of the same seed.",
         "",
         "| seed | chosen plan | bytes | arena | val. accuracy | test accuracy | script bytes | script accuracy"
         " | trials (stopped, feasible) | search wall |",
