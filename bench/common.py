@@ -20,6 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from edgebuild.schema import find_file
 from edgebuild.tf import versions
 
@@ -72,20 +74,8 @@ def failure(run: Run, what: str) -> dict[str, Any]:
 
 
 def toml_text(table: dict[str, Any]) -> str:
-    """TOML for a recipe or target table (scalars, lists and one level of sub-tables)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for name, sub in table.items():
-        if isinstance(sub, dict):
-            lines += ["", f"[{name}]", *(f"{k} = {value(v)}" for k, v in sub.items())]
-    return "\n".join(lines) + "\n"
+    """TOML for a recipe or target table."""
+    return tomli_w.dumps(table)
 
 
 def shipped(kind: str, name: str) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from edgebuild.errors import BudgetError, ConfigError, EdgebuildError
 from edgebuild.progress import Reporter
 from edgebuild.schema import Distill, Precision, Prune, Qat, Recipe, Search, Target
@@ -46,6 +48,7 @@ from edgebuild.tasks import Metric, headline
 SEARCH_JSON = "search.json"
 OURS = (SEARCH_JSON, "search.html", "best.toml", "trials", "ray")  # what a search writes in its folder
 BEST_MARKER = "# Written by edgebuild search:"
+MAX_REPEATED_SUGGESTIONS = 200  # Optuna suggesting only plans already tried this often: the search ends
 PRECISIONS = {  # a precision mode as the profile's [precision] table
     "int8": Precision("int8", "int8", "int8"),
     "dynamic": Precision("int8", "float32", "float32"),
@@ -347,7 +350,7 @@ def search(
             tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": per_trial}),
             param_space=_param_space(space, algorithm, tune),
             tune_config=tune.TuneConfig(
-                search_alg=_search_algorithm(algorithm, space, space_table.seed, metric, parallel),
+                search_alg=_search_algorithm(algorithm, space, space_table.seed, metric, parallel, trials),
                 num_samples=1 if algorithm == "grid" else trials,
                 max_concurrent_trials=parallel if algorithm == "optuna" else None,
                 trial_name_creator=lambda trial: Plan(**_plan_values(trial.config)).name,
@@ -461,21 +464,55 @@ def _param_space(space: dict[str, list[Any]], algorithm: str, tune: Any) -> dict
     return {}  # Optuna's space is given to its searcher
 
 
-def _search_algorithm(algorithm: str, space: dict[str, list[Any]], seed: int, metric: Metric, parallel: int) -> Any:
+def _search_algorithm(
+    algorithm: str, space: dict[str, list[Any]], seed: int, metric: Metric, parallel: int, trials: int
+) -> Any:
     """Tune's searcher: seeded random variants for grid and random, Optuna's multi-objective
-    sampler (validation metric and model bytes) for optuna."""
+    sampler (validation metric and model bytes) for optuna, in generations of a third of the
+    trials, never running a plan twice."""
     from ray.tune.search import BasicVariantGenerator
 
     if algorithm in ("grid", "random"):
         return BasicVariantGenerator(random_state=seed, max_concurrent=parallel)
     import optuna
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+
+    class DistinctPlans(OptunaSearch):
+        """Optuna's suggestions without repeats: a plan Optuna suggests again is told its known
+        result (or, still running, a failure) at once, and Optuna is asked for another."""
+
+        def __init__(self, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.results: dict[tuple[Any, ...], list[float] | None] = {}
+            self.plan_of: dict[str, tuple[Any, ...]] = {}
+
+        def suggest(self, trial_id: str) -> dict[Any, Any] | None:
+            for _ in range(MAX_REPEATED_SUGGESTIONS):
+                config = super().suggest(trial_id)
+                if config is None or self._ot_study is None:
+                    return config
+                plan = tuple(sorted(config.items()))
+                if plan not in self.results:
+                    self.results[plan], self.plan_of[trial_id] = None, plan
+                    return dict(config)
+                known = self.results[plan]
+                state = optuna.trial.TrialState.COMPLETE if known else optuna.trial.TrialState.FAIL
+                self._ot_study.tell(self._ot_trials.pop(trial_id), known, state=state)
+            return Searcher.FINISHED  # type: ignore[return-value]  # every plan Optuna suggests was tried
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+            super().on_trial_complete(trial_id, result, error)
+            if result and all(result.get(key) is not None for key in self.metric):
+                self.results[self.plan_of[trial_id]] = [float(result[key]) for key in self.metric]
+
+    return DistinctPlans(
         space={key: optuna.distributions.CategoricalDistribution(values) for key, values in space.items()},
         metric=["val_metric", "tflite_bytes"],
         mode=["max" if metric.higher_is_better else "min", "min"],
-        sampler=optuna.samplers.NSGAIISampler(seed=seed),
+        sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, trials // 3)),
     )
 
 
@@ -565,17 +602,12 @@ def _records(
                 "missed": [reason] if reason else [],
             }
         records.append(record)
-    for key in ("status", "reason", "tflite_bytes", "arena_bytes", "instructions_per_inference"):
-        for record in records:
-            record.setdefault(key, None)
-    for key in ("host_latency_ms", "validation_metric", "test_metric", "seconds"):
-        for record in records:
-            record.setdefault(key, None)
-    for record in records:
-        record.setdefault("budgets_met", False)
-        record.setdefault("missed", [])
-        record["id"] = record["name"]
-    return sorted(records, key=lambda r: r["name"])
+    figures = "tflite_bytes arena_bytes instructions_per_inference host_latency_ms validation_metric test_metric"
+    unknown = dict.fromkeys(["status", "reason", "seconds", *figures.split()])
+    return sorted(
+        ({**unknown, "budgets_met": False, "missed": [], **record, "id": record["name"]} for record in records),
+        key=lambda r: r["name"],
+    )
 
 
 def _number(value: Any) -> int | float | None:
@@ -727,21 +759,4 @@ def best_recipe_text(recipe: Recipe, plan: Plan, target: Target, summary: dict[s
     ]
     if plan.precision != target.precision.mode:
         header.append(f"# build it with a target whose [precision] is {plan.precision}")
-    return "\n".join(header) + "\n" + _toml(table)
-
-
-def _toml(table: dict[str, Any]) -> str:
-    """TOML for a recipe: scalars and lists at the top, then one level of tables."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-    for name, sub in table.items():
-        if isinstance(sub, dict):
-            lines += ["", f"[{name}]", *(f"{k} = {value(v)}" for k, v in sub.items() if not isinstance(v, dict))]
-    return "\n".join(lines) + "\n"
+    return "\n".join(header) + "\n" + tomli_w.dumps(table)

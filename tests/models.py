@@ -90,3 +90,32 @@ def int8_inputs(*, zero_depthwise: bool = False) -> np.ndarray:
 
     model = tiny_tflite(zero_depthwise=zero_depthwise)
     return io_details(make_interpreter(model))[0][0].quantize(float_inputs())
+
+
+@cache
+def mlp_tflite() -> tuple[bytes, np.ndarray]:
+    """A digits-sized int8 MLP (8x8x1 -> 96 -> 48 -> 10, seeded kernels, random biases) and one int8
+    input: the pinned TFLM segfaults on a few arenas just under the one this model needs."""
+    from edgebuild.tf import keras, seed_everything
+    from edgebuild.tflite import convert_keras, io_details, make_interpreter
+
+    seed_everything(0)
+    k = keras()
+    model = k.Sequential(
+        [
+            k.Input((8, 8, 1)),
+            k.layers.Flatten(),
+            k.layers.Dense(96, activation="relu"),
+            k.layers.Dense(48, activation="relu"),
+            k.layers.Dense(10),
+            k.layers.Softmax(),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if layer.weights:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0.0, 0.1, bias.shape).astype(np.float32)])
+    calibration = rng.random((SAMPLES, 8, 8, 1)).astype(np.float32)
+    tflite = convert_keras(model, "int8", "int8", calibration)
+    return tflite, io_details(make_interpreter(tflite))[0][0].quantize(calibration[:1])

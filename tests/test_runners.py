@@ -12,7 +12,7 @@ from edgebuild.runners.opcheck import compare_ops
 from edgebuild.runners.tflm_host import ARENA_ALIGN, TflmHost, find_min_arena, try_arena
 from edgebuild.stages.validate import compare_outputs
 from edgebuild.tflite import io_details, make_interpreter, op_names, weight_sparsity
-from tests.models import CLASSES, INPUT_SHAPE, KERNEL_WEIGHTS, OPS, SAMPLES, int8_inputs, tiny_tflite
+from tests.models import CLASSES, INPUT_SHAPE, KERNEL_WEIGHTS, OPS, SAMPLES, int8_inputs, mlp_tflite, tiny_tflite
 
 
 def test_model_details() -> None:
@@ -32,6 +32,19 @@ def test_min_arena_is_the_smallest_that_works() -> None:
     assert arena % ARENA_ALIGN == 0
     assert try_arena(model, arena, sample)
     assert not try_arena(model, arena - ARENA_ALIGN, sample)
+
+
+def test_arena_search_goes_on_past_sizes_tflm_crashes_on() -> None:
+    # The pinned TFLM segfaults in its temporary allocator on this MLP at 3,664 bytes, a size the
+    # search probes on its way down to 3,696 (the crash depends on the model's tensors only, not on
+    # its weights or the CPU). Such a size does not work; the search goes on in a new process.
+    model, inputs = mlp_tflite()
+    arena = find_min_arena(model, inputs[0])
+    assert arena % ARENA_ALIGN == 0
+    assert TflmHost(arena_bytes=arena).run(model, inputs).outputs.shape == (1, 10)
+    for smaller in (arena - ARENA_ALIGN, arena - 2 * ARENA_ALIGN, arena - 3 * ARENA_ALIGN):
+        with pytest.raises(BuildError):  # fails or crashes: each in a child process
+            TflmHost(arena_bytes=smaller).run(model, inputs)
 
 
 def test_tflm_matches_reference_kernels() -> None:

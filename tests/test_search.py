@@ -10,6 +10,7 @@ chosen plan. The chosen plan's recipe then builds for the target and meets every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -71,9 +72,37 @@ def _project(folder: Path, max_drop: str = "0.05", model_bytes: str = "524_288")
     return folder
 
 
+def _session_pids(session: int) -> list[int]:
+    """The live processes of one session (fields 3 and 6 of /proc/PID/stat: state, session)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we looked
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _stop_session(session: int) -> None:
+    """SIGTERM every process of the session, then SIGKILL what is left after 15 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_pids(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while _session_pids(session) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    """A two-node Ray cluster on 127.0.0.1: its address and the environment that reaches it."""
+    """A two-node Ray cluster on 127.0.0.1: its address and the environment that reaches it.
+
+    Each ``ray start`` runs in a session of its own, and the fixture ends by stopping the processes
+    of those two sessions only (``ray stop`` would stop every Ray on the machine, a user's too).
+    """
     if not RAY.is_file():
         pytest.skip("needs Ray Tune: pip install 'edgebuild[ray]'")
     temp = tmp_path_factory.mktemp("ray")
@@ -82,11 +111,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     address = f"127.0.0.1:{port}"
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
     head = [str(RAY), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
+    sessions: list[int] = []
     try:
-        subprocess.run([*head, *common], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(
-            [str(RAY), "start", f"--address={address}", *common], env=env, check=True, capture_output=True, timeout=120
-        )
+        for command in ([*head, *common], [str(RAY), "start", f"--address={address}", *common]):
+            start = subprocess.Popen(
+                command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            sessions.append(start.pid)  # a session leader's pid is its session id
+            out, _ = start.communicate(timeout=120)
+            assert start.returncode == 0, out.decode(errors="replace")
         deadline = time.monotonic() + 120  # the autoscaler reports the nodes a little after they start
         while True:
             status = subprocess.run(
@@ -98,7 +131,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         assert status.stdout.count(" node_") == 2, status.stdout + status.stderr  # two nodes are up
         yield address, env
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for session in sessions:
+            _stop_session(session)
 
 
 def _search(project: Path, env: dict[str, str], *args: str) -> dict:  # type: ignore[type-arg]
@@ -121,7 +155,7 @@ def test_the_same_search_on_a_two_node_cluster_and_locally_gives_the_same_front(
     assert sorted(t["name"] for t in trials) == sorted(
         f"w{w}-s{s}-ptq-int8" for w in ("0.5", "1") for s in ("0.25", "0.5")
     )
-    assert {t["status"] for t in trials} <= {"done", "stopped", "failed"}
+    assert {t["status"] for t in trials} <= {"done", "stopped"}
     for t in trials:
         if t["status"] == "done":
             assert t["tflite_bytes"] > 0 and 0 < t["validation_metric"] <= 1 and 0 < t["test_metric"] <= 1
@@ -139,24 +173,16 @@ def test_the_same_search_on_a_two_node_cluster_and_locally_gives_the_same_front(
     html = (project / "build" / "search" / "tiny" / "m4" / "search.html").read_text()
     assert "<svg" in html and chosen["name"] in html
 
-    # The same search on a local Ray: every stage from the shared cache, the same figures. (Known: the
-    # host TFLM interpreter sometimes aborts in FULLY_CONNECTED's prepare on one of these plans in one
-    # run and not in the other, failing that trial there; the comparison is over the trials done in both.)
+    # The same search on a local Ray: every stage from the shared cache, the same trials and fronts.
     local = _search(project, env)
-    assert [t["name"] for t in local["trials"]] == [t["name"] for t in trials]
-    done = [{t["name"] for t in summary["trials"] if t["status"] == "done"} for summary in (remote, local)]
-    both = done[0] & done[1]
-    assert both
-    same = ("tflite_bytes", "arena_bytes", "validation_metric", "test_metric", "budgets_met")
-    for ours, theirs in zip(local["trials"], trials, strict=True):
-        if ours["name"] in both:
-            assert {k: ours[k] for k in same} == {k: theirs[k] for k in same}, ours["name"]
-        elif ours["status"] == theirs["status"] == "stopped":
-            assert ours["validation_metric"] == theirs["validation_metric"]
-    kept = [t for t in trials if t["name"] in both]
-    assert pareto(kept, "tflite_bytes", True) == pareto(
-        [t for t in local["trials"] if t["name"] in both], "tflite_bytes", True
+    same = ("name", "status", "tflite_bytes", "arena_bytes", "validation_metric", "test_metric", "budgets_met")
+    assert [{k: t.get(k) for k in same} for t in local["trials"]] == [{k: t.get(k) for k in same} for t in trials]
+    assert (local["front_bytes"], local["front_arena"], local["chosen"]) == (
+        remote["front_bytes"],
+        remote["front_arena"],
+        remote["chosen"],
     )
+    assert pareto(local["trials"], "tflite_bytes", True) == local["front_bytes"]
 
     # The chosen plan as a recipe: it builds for the target and meets every budget.
     best = Path(local["best_recipe"])
@@ -232,3 +258,24 @@ def test_ctrl_c_stops_the_trials_and_keeps_what_finished(tmp_path: Path) -> None
     statuses = {t["name"]: t["status"] for t in summary["trials"]}
     assert set(statuses.values()) - {"interrupted"}  # the trial that ended is kept
     assert len(statuses) < 4 or "interrupted" in statuses.values()  # the others were cut short or never started
+
+
+@needs_ray
+def test_optuna_never_runs_a_plan_twice() -> None:
+    # Optuna's NSGA-II (real, seeded) over 4 plans, asked for 6 trials: 4 distinct plans, then done.
+    from ray.tune.search import Searcher
+
+    from edgebuild.search import _search_algorithm
+    from edgebuild.tasks import Metric
+
+    space = {"student_width": [0.5, 1.0], "sparsity": [0.0, 0.5]}
+    searcher = _search_algorithm("optuna", space, 0, Metric("accuracy", True), 1, 6)
+    plans = []
+    for n in range(6):
+        config = searcher.suggest(f"t{n}")
+        if config == Searcher.FINISHED:
+            break
+        plans.append((config["student_width"], config["sparsity"]))
+        result = {"val_metric": 0.9 - config["sparsity"] / 10, "tflite_bytes": 1000 * config["student_width"]}
+        searcher.on_trial_complete(f"t{n}", result)
+    assert sorted(plans) == sorted((w, s) for w in (0.5, 1.0) for s in (0.0, 0.5))

@@ -4,8 +4,10 @@ These are TFLM's own kernels and memory planner, so the tensor arena found here 
 the arena the firmware needs (for the same TFLM version and the reference kernels).
 
 TFLM aborts the process on some models (an all-zero channel can make it abort while
-preparing a kernel) and on arenas too small for its own bookkeeping, so every TFLM
-call runs in a child process: a crash there becomes a BuildError here.
+preparing a kernel) and on some arenas a little too small for the model (a segfault in its
+temporary allocator, at a size that depends on the model), so every TFLM call runs in a
+child process: a crash there becomes a BuildError here, except in the arena search, where a
+size that crashes once a larger one has worked is a size that does not work.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ MAX_ARENA_BYTES = 256 * 1024 * 1024
 # so the search starts large and never probes under the recorded total.
 FIRST_PROBE_BYTES = 256 * 1024
 CHILD_TIMEOUT_S = 1800
+# The arena search restarts after a probe that crashed; each restart knows one more size.
+MAX_ARENA_CRASHES = 16
+
+
+class TflmCrash(BuildError):
+    """The TFLM child process died of a signal; ``journal`` is what it wrote of its arena probes."""
+
+    journal = ""
 
 
 # ---------------------------------------------------------------- in the child process
@@ -67,9 +77,24 @@ def _recorded_total(interpreter: Any) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _min_arena(model: bytes, sample: np.ndarray) -> int:
+def _min_arena(model: bytes, sample: np.ndarray, known: dict[int, bool], journal: Path) -> int:
+    """The smallest working arena, probing sizes not in ``known`` (size -> works).
+
+    Each probe is written to ``journal`` before it starts ("size ?") and when it ends
+    ("size 1" or "size 0"), so that the parent can tell which size crashed this process.
+    """
+
+    def works_with(size: int) -> bool:
+        if size not in known:
+            with journal.open("a") as log:
+                log.write(f"{size} ?\n")
+            known[size] = try_arena(model, size, sample)
+            with journal.open("a") as log:
+                log.write(f"{size} {int(known[size])}\n")
+        return known[size]
+
     works = FIRST_PROBE_BYTES
-    while not try_arena(model, works, sample):
+    while not works_with(works):
         if works >= MAX_ARENA_BYTES:
             raise RuntimeError(f"no arena up to {MAX_ARENA_BYTES} bytes works")
         works *= 2
@@ -78,13 +103,13 @@ def _min_arena(model: bytes, sample: np.ndarray) -> int:
     interpreter.invoke()
     recorded = _recorded_total(interpreter) or works
     low = max(recorded // ARENA_ALIGN * ARENA_ALIGN - ARENA_ALIGN, ARENA_ALIGN)
-    if try_arena(model, low, sample):
+    if works_with(low):
         return low  # less than TFLM recorded using: never seen, but then this is the answer
     while works - low > ARENA_ALIGN:  # invariant: low fails, works works
         middle = (low + works) // 2 // ARENA_ALIGN * ARENA_ALIGN
         if middle <= low:
             break
-        if try_arena(model, middle, sample):
+        if works_with(middle):
             works = middle
         else:
             low = middle
@@ -98,7 +123,8 @@ def _child(job: str, folder: Path) -> None:
     args = json.loads((folder / "args.json").read_text())
     result: dict[str, np.ndarray] = {}
     if job == "arena":
-        result["arena_bytes"] = np.array(_min_arena(model, inputs[0]))
+        known = {int(size): bool(works) for size, works in args["known"]}
+        result["arena_bytes"] = np.array(_min_arena(model, inputs[0], known, folder / "journal.txt"))
     elif job == "load":
         interpreter = _interpreter(model, MAX_ARENA_BYTES // 4)
         interpreter.set_input(inputs[0][None], 0)
@@ -149,10 +175,13 @@ def in_child(job: str, model: bytes, inputs: np.ndarray, **args: Any) -> dict[st
         )
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
-            raise BuildError(
+            crash = TflmCrash(
                 f"the TFLM interpreter crashed ({name}) on this model: {_tflm_reason(proc.stderr)}",
                 hint="TFLM aborts on some models, for example one with an all-zero channel",
             )
+            journal = folder / "journal.txt"
+            crash.journal = journal.read_text() if journal.is_file() else ""
+            raise crash
         if proc.returncode != 0 and "Traceback (most recent call last)" in proc.stderr:
             # TFLM's own failures come back as one RuntimeError line; anything else is a bug in edgebuild.
             raise RuntimeError(f"the TFLM child process failed:\n{proc.stderr.strip()}")
@@ -165,9 +194,23 @@ def in_child(job: str, model: bytes, inputs: np.ndarray, **args: Any) -> dict[st
 def find_min_arena(model: bytes, sample: np.ndarray) -> int:
     """The smallest tensor arena (a multiple of 16 bytes) with which TFLM runs the model.
 
-    Raises BuildError when TFLM cannot run the model at all (an unsupported op, say).
+    TFLM segfaults on some sizes just under the one it needs: a probe that crashed after a
+    larger arena worked counts as a size that does not work, and the search goes on in a new
+    child process. Raises BuildError when TFLM cannot run the model at all (an unsupported
+    op, say) or crashes before any arena worked.
     """
-    return int(in_child("arena", model, sample[None])["arena_bytes"])
+    known: dict[int, bool] = {}
+    for _ in range(MAX_ARENA_CRASHES):
+        try:
+            return int(in_child("arena", model, sample[None], known=sorted(known.items()))["arena_bytes"])
+        except TflmCrash as crash:
+            probes = [line.split() for line in crash.journal.splitlines()]
+            known.update((int(size), ended == "1") for size, ended in probes if ended != "?")
+            crashed = [int(size) for size, ended in probes if ended == "?"]
+            if not crashed or not any(known.values()):
+                raise
+            known[crashed[-1]] = False
+    raise BuildError(f"the TFLM interpreter crashed on {MAX_ARENA_CRASHES} arena sizes while finding the smallest")
 
 
 def check_loads(model: bytes, sample: np.ndarray) -> None:
