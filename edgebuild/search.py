@@ -683,8 +683,8 @@ def check_search_folder(out: Path, recipe: Recipe, target: Target) -> None:
     from edgebuild.publish import check_out_folder, protected_folders
 
     protected = protected_folders(recipe.source, target.source)
-    check_out_folder_shape = out.is_dir() and not out.is_symlink() and (out / SEARCH_JSON).is_file()
-    if not check_out_folder_shape:
+    previous_search = out.is_dir() and not out.is_symlink() and (out / SEARCH_JSON).is_file()
+    if not previous_search:
         check_out_folder(out, protected)  # new, empty, or refused with the reason
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in OURS)

@@ -26,32 +26,21 @@ from pathlib import Path
 import pytest
 
 from edgebuild.search import pareto
-from tests.conftest import assert_one_line_error, run_cli, shipped
+from tests.conftest import QUICK_RECIPE, assert_one_line_error, run_cli, shipped
 
 RAY = Path(sys.executable).with_name("ray")
-SEARCHED = """name = "tiny"
-dataset = "digits"
-seed = 0
-[model]
-architecture = "mlp"
-width = 0.5
-[train]
-epochs = 6
-batch_size = 32
-learning_rate = 3e-3
-[distill]
+SEARCHED = (
+    QUICK_RECIPE.format(name="tiny")
+    + """[distill]
 student_width = 1.0
 epochs = 2
-[prune]
-epochs = 1
-[qat]
-epochs = 1
 [search]
 student_width = [0.5, 1.0]
 sparsity = [0.25, 0.5]
 quantization = ["ptq"]
 algorithm = "grid"
 """
+)
 
 needs_ray = pytest.mark.skipif(not RAY.is_file(), reason="needs Ray Tune: pip install 'edgebuild[ray]'")
 
