@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import os
+import random
 import time
 import tomllib
 from collections.abc import Mapping
@@ -48,7 +50,6 @@ from edgebuild.tasks import Metric, headline
 SEARCH_JSON = "search.json"
 OURS = (SEARCH_JSON, "search.html", "best.toml", "trials", "ray")  # what a search writes in its folder
 BEST_MARKER = "# Written by edgebuild search:"
-MAX_REPEATED_SUGGESTIONS = 200  # Optuna suggesting only plans already tried this often: the search ends
 PRECISIONS = {  # a precision mode as the profile's [precision] table
     "int8": Precision("int8", "int8", "int8"),
     "dynamic": Precision("int8", "float32", "float32"),
@@ -147,7 +148,7 @@ def run_trial(config: dict[str, Any], setup: Setup) -> None:
     from edgebuild.devices import parse_device
     from edgebuild.pipeline import BuildOptions, build_in
 
-    plan = Plan(**{key: config[key] for key in ("student_width", "sparsity", "quantization", "precision")})
+    plan = Plan(**_plan_values(config))
     started = time.perf_counter()
     known: dict[str, float] = {"val_metric": math.nan, "tflite_bytes": math.nan, "arena_bytes": math.nan}
 
@@ -345,13 +346,13 @@ def search(
         per_trial = max(1, min(threads, *[n for n in nodes if n > 0] or [1]))
         parallel = max(1, sum(n // per_trial for n in nodes))
         stopper = HopelessStopper(setup)
-        progress = _Progress(reporter, _planned(space, algorithm, trials), parallel)
+        progress = _Progress(reporter, setup, _planned(space, algorithm, trials), parallel)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": per_trial}),
-            param_space=_param_space(space, algorithm, tune),
+            param_space=_param_space(space, algorithm, trials, space_table.seed, tune),
             tune_config=tune.TuneConfig(
                 search_alg=_search_algorithm(algorithm, space, space_table.seed, metric, parallel, trials),
-                num_samples=1 if algorithm == "grid" else trials,
+                num_samples=_planned(space, algorithm, trials) if algorithm == "optuna" else 1,
                 max_concurrent_trials=parallel if algorithm == "optuna" else None,
                 trial_name_creator=lambda trial: Plan(**_plan_values(trial.config)).name,
                 trial_dirname_creator=lambda trial: f"{Plan(**_plan_values(trial.config)).name}-{trial.trial_id}",
@@ -448,28 +449,37 @@ def _limits(recipe: Recipe, target: Target) -> dict[str, float]:
 
 
 def _plan_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's plan from its Tune config (flat, or under "plan" for random sampling)."""
+    config = config.get("plan", config)
     return {key: config[key] for key in ("student_width", "sparsity", "quantization", "precision")}
 
 
+def _every_plan(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+
+
 def _planned(space: dict[str, list[Any]], algorithm: str, trials: int) -> int:
-    """How many trials the search runs: every combination for a grid, else ``trials``."""
-    return math.prod(len(values) for values in space.values()) if algorithm == "grid" else trials
+    """How many trials the search runs: every plan for a grid, else ``trials`` distinct plans (or every plan)."""
+    every = len(_every_plan(space))
+    return every if algorithm == "grid" else min(trials, every)
 
 
-def _param_space(space: dict[str, list[Any]], algorithm: str, tune: Any) -> dict[str, Any]:
+def _param_space(space: dict[str, list[Any]], algorithm: str, trials: int, seed: int, tune: Any) -> dict[str, Any]:
+    """Tune's param_space: every plan for a grid; for random, ``trials`` distinct plans drawn with ``seed``."""
     if algorithm == "grid":
         return {key: tune.grid_search(values) for key, values in space.items()}
     if algorithm == "random":
-        return {key: tune.choice(values) for key, values in space.items()}
+        plans = _every_plan(space)
+        return {"plan": tune.grid_search(random.Random(seed).sample(plans, _planned(space, algorithm, trials)))}
     return {}  # Optuna's space is given to its searcher
 
 
 def _search_algorithm(
     algorithm: str, space: dict[str, list[Any]], seed: int, metric: Metric, parallel: int, trials: int
 ) -> Any:
-    """Tune's searcher: seeded random variants for grid and random, Optuna's multi-objective
-    sampler (validation metric and model bytes) for optuna, in generations of a third of the
-    trials, never running a plan twice."""
+    """Tune's searcher: Tune's variants for grid and random (``_param_space``); for optuna, Optuna's
+    multi-objective sampler (validation metric up, model bytes down) in generations of a third of
+    the trials, never running a plan twice."""
     from ray.tune.search import BasicVariantGenerator
 
     if algorithm in ("grid", "random"):
@@ -479,10 +489,11 @@ def _search_algorithm(
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+    untried = random.Random(seed)
 
     class DistinctPlans(OptunaSearch):
-        """Optuna's suggestions without repeats: a plan Optuna suggests again is told its known
-        result (or, still running, a failure) at once, and Optuna is asked for another."""
+        """Optuna's suggestions without repeats: a plan Optuna suggests again is told its known result
+        (or, still running, a failure) at once, and replaced by an untried plan drawn with the seed."""
 
         def __init__(self, **kwargs: Any):
             super().__init__(**kwargs)
@@ -490,9 +501,10 @@ def _search_algorithm(
             self.plan_of: dict[str, tuple[Any, ...]] = {}
 
         def suggest(self, trial_id: str) -> dict[Any, Any] | None:
-            for _ in range(MAX_REPEATED_SUGGESTIONS):
+            while True:
                 config = super().suggest(trial_id)
-                if config is None or self._ot_study is None:
+                study: Any = self._ot_study
+                if config is None or study is None:  # (Tune calls suggest after setting the space)
                     return config
                 plan = tuple(sorted(config.items()))
                 if plan not in self.results:
@@ -500,13 +512,17 @@ def _search_algorithm(
                     return dict(config)
                 known = self.results[plan]
                 state = optuna.trial.TrialState.COMPLETE if known else optuna.trial.TrialState.FAIL
-                self._ot_study.tell(self._ot_trials.pop(trial_id), known, state=state)
-            return Searcher.FINISHED  # type: ignore[return-value]  # every plan Optuna suggests was tried
+                study.tell(self._ot_trials.pop(trial_id), known, state=state)
+                left = [p for p in _every_plan(space) if tuple(sorted(p.items())) not in self.results]
+                if not left:
+                    return Searcher.FINISHED  # type: ignore[return-value]  # every plan was tried
+                study.enqueue_trial(untried.choice(left))  # Optuna's next ask gives it
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
             super().on_trial_complete(trial_id, result, error)
-            if result and all(result.get(key) is not None for key in self.metric):
-                self.results[self.plan_of[trial_id]] = [float(result[key]) for key in self.metric]
+            values = [_number(result.get(key)) if result else None for key in self.metric]
+            if all(v is not None and math.isfinite(v) for v in values):  # a stopped trial's may be missing
+                self.results[self.plan_of[trial_id]] = [float(v) for v in values if v is not None]
 
     return DistinctPlans(
         space={key: optuna.distributions.CategoricalDistribution(values) for key, values in space.items()},
@@ -519,8 +535,8 @@ def _search_algorithm(
 class _Progress:
     """Trials done, running and left, the best feasible plan so far and the time left, one line each."""
 
-    def __init__(self, reporter: Reporter, planned: int, parallel: int):
-        self.reporter, self.planned, self.parallel = reporter, planned, parallel
+    def __init__(self, reporter: Reporter, setup: Setup, planned: int, parallel: int):
+        self.reporter, self.setup, self.planned, self.parallel = reporter, setup, planned, parallel
         self.done: list[dict[str, Any]] = []
         self.running: set[str] = set()
         # every trial that started, as the driver saw it: id -> (config, last result, error)
@@ -564,15 +580,18 @@ class _Progress:
         name = Plan(**_plan_values(trial.config)).name
         record = (trial.last_result or {}).get("record") or {"name": name, "status": "stopped"}
         self.done.append(record)
-        feasible = [r for r in self.done if r.get("budgets_met")]
-        best = min(feasible, key=lambda r: r["tflite_bytes"], default=None)
+        best = choose(self.done, self.setup)
         left = max(0, self.planned - len(self.done) - len(self.running))
         elapsed = time.perf_counter() - self.started
         remaining = elapsed / len(self.done) * (left + len(self.running)) / self.parallel
         self.reporter.note(
             f"trial {record['name']}: {record.get('status', 'stopped')}; {len(self.done)} done, "
             f"{len(self.running)} running, {left} left; best feasible so far: "
-            + (f"{best['name']} ({best['tflite_bytes']:,} B)" if best else "none")
+            + (
+                f"{best['name']} ({best['tflite_bytes']:,} B, validation {best['validation_metric']:.4g})"
+                if best
+                else "none"
+            )
             + f"; about {remaining / 60:.0f} min left"
         )
 
@@ -629,21 +648,24 @@ def pareto(records: list[dict[str, Any]], cost: str, higher_is_better: bool) -> 
     return [r["name"] for r in sorted(front, key=lambda r: (r[cost], r["name"]))]
 
 
-def summarize(
-    records: list[dict[str, Any]], setup: Setup, algorithm: str, trials: int, seconds: float
-) -> dict[str, Any]:
-    """What ``search.json`` holds: the trials, both fronts and the chosen plan: of the plans that meet
-    every budget, the best validation metric, then the fewest model bytes (``most_accurate``), or the
-    fewest bytes, then the best metric (``smallest``); then the name."""
+def choose(records: list[dict[str, Any]], setup: Setup) -> dict[str, Any] | None:
+    """Of the plans that meet every budget, the best validation metric, then the fewest model bytes
+    (``most_accurate``), or the fewest bytes, then the best metric (``smallest``); then the name."""
     sign = 1 if setup.higher_is_better else -1
-    feasible = [r for r in records if r["budgets_met"]]
 
     def rank(r: dict[str, Any]) -> tuple[Any, ...]:
         metric = -sign * round(r["validation_metric"], 9)
         first = (metric, r["tflite_bytes"]) if setup.choose == "most_accurate" else (r["tflite_bytes"], metric)
         return (*first, r["name"])
 
-    chosen = min(feasible, key=rank, default=None)
+    return min((r for r in records if r.get("budgets_met")), key=rank, default=None)
+
+
+def summarize(
+    records: list[dict[str, Any]], setup: Setup, algorithm: str, trials: int, seconds: float
+) -> dict[str, Any]:
+    """What ``search.json`` holds: the trials, both fronts and the chosen plan (``choose``)."""
+    chosen = choose(records, setup)
     return {
         "edgebuild_search": 1,
         "recipe": setup.recipe.name,

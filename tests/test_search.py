@@ -251,20 +251,35 @@ def test_ctrl_c_stops_the_trials_and_keeps_what_finished(tmp_path: Path) -> None
 
 @needs_ray
 def test_optuna_never_runs_a_plan_twice() -> None:
-    # Optuna's NSGA-II (real, seeded) over 4 plans, asked for 6 trials: 4 distinct plans, then done.
+    # Optuna's NSGA-II (real, seeded) over 4 plans, asked for 8 trials: 4 distinct plans, then done.
     from ray.tune.search import Searcher
 
     from edgebuild.search import _search_algorithm
     from edgebuild.tasks import Metric
 
     space = {"student_width": [0.5, 1.0], "sparsity": [0.0, 0.5]}
-    searcher = _search_algorithm("optuna", space, 0, Metric("accuracy", True), 1, 6)
+    searcher = _search_algorithm("optuna", space, 0, Metric("accuracy", True), 1, 8)
     plans = []
-    for n in range(6):
+    for n in range(8):
         config = searcher.suggest(f"t{n}")
         if config == Searcher.FINISHED:
             break
         plans.append((config["student_width"], config["sparsity"]))
         result = {"val_metric": 0.9 - config["sparsity"] / 10, "tflite_bytes": 1000 * config["student_width"]}
+        if n == 0:
+            result["val_metric"] = float("nan")  # stopped before it was scored
         searcher.on_trial_complete(f"t{n}", result)
     assert sorted(plans) == sorted((w, s) for w in (0.5, 1.0) for s in (0.0, 0.5))
+
+
+@needs_ray
+def test_random_search_draws_distinct_plans_with_its_seed() -> None:
+    from ray import tune
+
+    from edgebuild.search import _param_space
+
+    space = {"student_width": [0.5, 0.75, 1.0], "sparsity": [0.0, 0.25, 0.5, 0.75]}
+    drawn = [_param_space(space, "random", 6, seed, tune)["plan"]["grid_search"] for seed in (0, 0, 1)]
+    assert len(drawn[0]) == 6 and len({tuple(p.items()) for p in drawn[0]}) == 6
+    assert drawn[0] == drawn[1] and drawn[0] != drawn[2]
+    assert len(_param_space(space, "random", 40, 0, tune)["plan"]["grid_search"]) == 12  # every plan, once
