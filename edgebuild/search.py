@@ -371,7 +371,6 @@ def search(
     finally:
         ray.shutdown()
     ended = sum(r["status"] != "interrupted" for r in records)
-    records = list({r["name"]: r for r in reversed(records)}.values())[::-1]  # a plan sampled twice: once
     summary = summarize(records, setup, algorithm, trials, time.perf_counter() - started)
     write_outputs(out, summary, recipe, target)
     cut = progress.planned - ended

@@ -30,8 +30,8 @@ from edgebuild.runners import OUTPUTS, RunResult
 
 ARENA_ALIGN = 16
 MAX_ARENA_BYTES = 256 * 1024 * 1024
-# Below what TFLM's recording allocator reports, TFLM can crash instead of failing,
-# so the search starts large and never probes under the recorded total.
+# The search starts large (doubling until a size works), then bisects down to no lower
+# than just under the total TFLM's recording allocator reports.
 FIRST_PROBE_BYTES = 256 * 1024
 CHILD_TIMEOUT_S = 1800
 # The arena search restarts after a probe that crashed; each restart knows one more size.
