@@ -43,7 +43,7 @@ from edgebuild.results import Costs, StageResult, from_json, to_json
 from edgebuild.runners import FIRMWARE_RUNNERS
 from edgebuild.schema import Recipe, Target, find_file, load_recipe, load_target
 from edgebuild.stages import baseline, convert, distill, emit, link, preflight, prune, qat, report, validate, vela
-from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, seed_everything, versions
+from edgebuild.tf import ONEDNN_MAX_CPU_ISA, build_threads, keras, seed_everything, versions
 
 
 def folder_name(name: str) -> str:
@@ -254,6 +254,10 @@ def run_build(
 def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
     """Every stage in order, timed and reported; errors get the stage's name and what ran before."""
     plan: dict[str, tuple[str, Entry | None]] | None = None
+    # Keras numbers the layers it makes in a process, and the numbers end up in the .tflite's tensor
+    # names: a cleared session makes a build in a process that built before (a search's trials in
+    # one Ray worker, the Python API) give a fresh process's bytes.
+    keras().backend.clear_session()
     for number, stage in enumerate(STAGES):
         name = stage.name
         ctx.reporter.stage_start(name)

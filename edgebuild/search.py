@@ -354,6 +354,7 @@ def search(
                 search_alg=_search_algorithm(algorithm, space, space_table.seed, metric, parallel, trials),
                 num_samples=_planned(space, algorithm, trials) if algorithm == "optuna" else 1,
                 max_concurrent_trials=parallel if algorithm == "optuna" else None,
+                reuse_actors=True,  # a trial in a worker that ran one before: no new process, no new TensorFlow
                 trial_name_creator=lambda trial: Plan(**_plan_values(trial.config)).name,
                 trial_dirname_creator=lambda trial: f"{Plan(**_plan_values(trial.config)).name}-{trial.trial_id}",
             ),

@@ -119,6 +119,25 @@ def test_cache_reuse_no_op_and_budget_change(project: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_a_build_after_other_models_in_the_process_gives_the_same_bytes(
+    clean_quick_build: Build, tmp_path: Path
+) -> None:
+    # A search's trials build one after another in one Ray worker process. Keras numbers the layers
+    # it makes in a process (dense, dense_1, ...) and the numbers end up in the .tflite's tensor
+    # names: each build starts from a cleared Keras session, so it gives a fresh process's bytes.
+    from edgebuild.pipeline import build_in
+    from tests.models import tiny_keras
+
+    tiny_keras()  # layers made before the build advance Keras's counters
+    out = tmp_path / "out"
+    build_in(
+        clean_quick_build.project, clean_quick_build.project / "edgebuild.toml", "cortex-m4-relaxed", out, cache=False
+    )
+    for name in ("model.tflite", "model_data.cc"):
+        assert (out / name).read_bytes() == (clean_quick_build.out / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_clean_builds_are_byte_identical_and_verify(clean_quick_build: Build, tmp_path: Path) -> None:
     assert not clean_quick_build.cache.exists()  # --no-cache neither reads nor writes
     out = tmp_path / "out"
