@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import time
 import tomllib
@@ -93,6 +94,7 @@ class Setup:
     limits: dict[str, float]  # model_bytes, arena_bytes, max_metric_drop (what the budgets allow)
     stop_margin: float
     choose: str  # most_accurate | smallest
+    versions: dict[str, str]  # edgebuild's and its pinned libraries' on the driver (``node_versions``)
 
 
 def plan_space(recipe: Recipe, target: Target, search: Search) -> dict[str, list[Any]]:
@@ -136,6 +138,26 @@ def plan_target(base: Target, plan: Plan) -> Target:
 # ---------------------------------------------------------------- one trial (on a Ray worker)
 
 
+def node_versions() -> dict[str, str]:
+    """The versions of edgebuild and of the libraries a build depends on, on this machine."""
+    from edgebuild import __version__
+    from edgebuild.tf import versions
+
+    return {"edgebuild": __version__, **versions()}
+
+
+def version_mismatch(driver: dict[str, str]) -> str | None:
+    """What differs between this node's versions and the driver's, as a reason; None when nothing does."""
+    here = node_versions()
+    differ = [f"{name} {here.get(name)} (the search's {v})" for name, v in driver.items() if here.get(name) != v]
+    if not differ:
+        return None
+    return (
+        f"node {platform.node()} has {', '.join(differ)}: every node of the cluster needs the same edgebuild and "
+        "pinned versions"
+    )
+
+
 def run_trial(config: dict[str, Any], setup: Setup) -> None:
     """A Ray Tune function trainable: build ``config``'s plan, reporting after each stage, then the result.
 
@@ -166,6 +188,10 @@ def run_trial(config: dict[str, Any], setup: Setup) -> None:
 
     options = BuildOptions(device=parse_device(setup.device) if setup.device else None, observer=observe)
     record: dict[str, Any] = {"plan": dataclasses.asdict(plan), "name": plan.name}
+    if (mismatch := version_mismatch(setup.versions)) is not None:
+        record.update(status="failed", reason=mismatch, missed=[mismatch], seconds=0.0)
+        tune.report({"stage": "preflight", "done": True, **known, "record": record})
+        return
     try:
         built = build_in(
             setup.project,
@@ -322,6 +348,7 @@ def search(
         limits=_limits(recipe, target),
         stop_margin=space_table.stop_margin,
         choose=space_table.choose,
+        versions=node_versions(),
     )
     env = {k: v for k, v in os.environ.items() if k.startswith(("EDGEBUILD_", "ONEDNN_", "TF_"))}
     try:

@@ -283,3 +283,14 @@ def test_random_search_draws_distinct_plans_with_its_seed() -> None:
     assert len(drawn[0]) == 6 and len({tuple(p.items()) for p in drawn[0]}) == 6
     assert drawn[0] == drawn[1] and drawn[0] != drawn[2]
     assert len(_param_space(space, "random", 40, 0, tune)["plan"]["grid_search"]) == 12  # every plan, once
+
+
+def test_a_node_with_other_versions_is_named() -> None:
+    from edgebuild.search import node_versions, version_mismatch
+
+    here = node_versions()
+    assert here["edgebuild"] and here["tensorflow"] != "not installed"
+    assert version_mismatch(here) is None
+    reason = version_mismatch({**here, "tensorflow": "2.0.0"})
+    assert reason is not None and f"tensorflow {here['tensorflow']} (the search's 2.0.0)" in reason
+    assert "every node of the cluster needs the same" in reason
