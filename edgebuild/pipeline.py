@@ -13,6 +13,7 @@ import dataclasses
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -254,10 +255,6 @@ def run_build(
 def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
     """Every stage in order, timed and reported; errors get the stage's name and what ran before."""
     plan: dict[str, tuple[str, Entry | None]] | None = None
-    # Keras numbers the layers it makes in a process, and the numbers end up in the .tflite's tensor
-    # names: a cleared session makes a build in a process that built before (a search's trials in
-    # one Ray worker, the Python API) give a fresh process's bytes.
-    keras().backend.clear_session()
     for number, stage in enumerate(STAGES):
         name = stage.name
         ctx.reporter.stage_start(name)
@@ -266,6 +263,11 @@ def _run_stages(ctx: BuildContext, cache: StageCache) -> None:
             seed_everything(ctx.recipe.seed * 100 + number)
         start = time.perf_counter()
         try:
+            if number == 0 and "tf_keras" in sys.modules:
+                # Keras numbers the layers it makes in a process, and the numbers end up in the .tflite's
+                # tensor names: a cleared session makes a build in a process that used Keras before (a
+                # search's trials in one Ray worker, the Python API) give a fresh process's bytes.
+                keras().backend.clear_session()
             if plan is None and stage.cache is not None:  # keys need the data and settings preflight checked
                 plan = _cache_plan(ctx, cache)
                 for key in cache.corrupt:
