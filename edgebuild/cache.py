@@ -28,7 +28,7 @@ from edgebuild.errors import ConfigError
 from edgebuild.files import check_path_text, sha256_of, stat_path
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
-CACHE_FORMAT = 3  # what an entry's meta.json holds; part of every key, so older entries are never read
+CACHE_FORMAT = 4  # what an entry's meta.json holds; part of every key, so older entries are never read
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 

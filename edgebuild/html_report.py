@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -494,11 +495,20 @@ def _trial_plot(search: dict[str, Any], x_key: str, front_key: str, budget_key: 
     def columns(ts: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
         return [t[x_key] / div for t in ts], [t["validation_metric"] for t in ts]
 
+    log_x = max(xs) / min(xs) >= 10
+
+    def label_side(t: dict[str, Any]) -> tuple[int, str]:
+        """Left of a point in the right part of the axis, right of one in the left part (a label in
+        full, never over the axis)."""
+        lo, hi, x = min(xs), max(xs), t[x_key]
+        where = (math.log(x / lo) / math.log(hi / lo) if log_x else (x - lo) / (hi - lo)) if hi > lo else 1.0
+        return (-9, "right") if where > 0.4 else (9, "left")
+
     def draw(fig: Figure) -> None:
         from matplotlib.ticker import LogLocator, NullFormatter
 
         ax = fig.subplots()
-        # Labels go where no trial can be: beyond the front, towards fewer bytes and a better metric.
+        # Labels go where no trial can be: beyond the front, towards a better metric.
         dy, va = (6, "bottom") if higher else (-6, "top")
         for label, marker, colour, group in groups:
             if group:
@@ -508,11 +518,13 @@ def _trial_plot(search: dict[str, Any], x_key: str, front_key: str, budget_key: 
             ax.scatter(*columns(front), s=110, facecolors="none", edgecolors="#3b6ea5", zorder=4)
             for t in front:
                 if t is not chosen:
-                    ax.annotate(str(t.get("id"))[:16], xy(t), xytext=(-7, dy), textcoords="offset points",
-                                ha="right", va=va, fontsize=8, color="#3b6ea5")  # fmt: skip
+                    dx, ha = label_side(t)
+                    ax.annotate(str(t.get("id"))[:28], xy(t), xytext=(dx, dy), textcoords="offset points",
+                                ha=ha, va=va, fontsize=8, color="#3b6ea5")  # fmt: skip
         if chosen is not None:
             ax.scatter(*xy(chosen), marker="*", s=320, color="#f2b701", edgecolors="#333", zorder=5, label="chosen")
-            ax.annotate(f"chosen: {str(chosen.get('id'))[:16]}", xy(chosen), xytext=(-9, dy), ha="right", va=va,
+            dx, ha = label_side(chosen)
+            ax.annotate(f"chosen: {str(chosen.get('id'))[:28]}", xy(chosen), xytext=(dx, dy), ha=ha, va=va,
                         textcoords="offset points", fontweight="bold")  # fmt: skip
         if _num(limit) and limit > 0:
             ax.axvline(limit / div, color="#c62828", linestyle="--", label=f"{budget_key} budget {_size(limit)}")
@@ -520,7 +532,7 @@ def _trial_plot(search: dict[str, Any], x_key: str, front_key: str, budget_key: 
             sign = "−" if higher else "+"
             floor = teacher - drop if higher else teacher + drop
             ax.axhline(floor, color="#8c6bb1", linestyle=":", linewidth=1.2, label=f"teacher {sign} max drop")
-        if max(xs) / min(xs) >= 10:
+        if log_x:
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(lambda v, _: f"{v:,g}")
@@ -594,19 +606,21 @@ def _search_table(search: dict[str, Any]) -> str:
     for i in search.get("front_arena") or []:
         fronts[i] = fronts[i] + ", arena" if i in fronts else "arena"
     head = ["trial", *fields, "status", ".tflite B", "arena B", "instr. / inference", "latency ms"]
-    head += [f"val. {metric}", f"test {metric}", "budgets", "front", "s", "why"]
+    head += [f"val. {metric}", "val. log-loss", f"test {metric}", "budgets", "front", "s", "why"]
     rows, classes = [], []
     for t in trials:
         plan = t.get("plan") or {}
-        why = "; ".join(str(s) for s in [t.get("reason"), *(t.get("missed") or [])] if s)
+        why = "; ".join(dict.fromkeys(str(s) for s in [t.get("reason"), *(t.get("missed") or [])] if s))
         latency = f"{t['host_latency_ms']:.4f}" if _num(t.get("host_latency_ms")) else "-"
         met = "-" if t.get("status") != "done" else "met" if t.get("budgets_met") else "missed"
         rows.append([str(t.get("id")), *(str(plan.get(k, "-")) for k in fields), str(t.get("status"))])
         rows[-1] += [_int(t.get(k)) for k in ("tflite_bytes", "arena_bytes", "instructions_per_inference")]
-        rows[-1] += [latency, _metric(metric, t.get("validation_metric")), _metric(metric, t.get("test_metric")), met]
+        loss = f"{t['validation_log_loss']:.4f}" if _num(t.get("validation_log_loss")) else "-"
+        rows[-1] += [latency, _metric(metric, t.get("validation_metric")), loss, _metric(metric, t.get("test_metric"))]
+        rows[-1] += [met]
         rows[-1] += [fronts.get(t.get("id"), ""), f"{t['seconds']:.0f}" if _num(t.get("seconds")) else "-", why]
         classes.append("chosen" if search.get("chosen") and t.get("id") == search.get("chosen") else "")
-    align = "l" * (len(fields) + 2) + "rrrrrrllrw"
+    align = "l" * (len(fields) + 2) + "rrrrrrrllrw"
     common = f"<p>Every plan: {_e(_plan_text(same))}.</p>\n" if same else ""
     return "<h2>Trials</h2>\n" + common + _table(head, rows, align, classes)
 

@@ -91,6 +91,7 @@ class Setup:
     metric: str
     higher_is_better: bool
     teacher_validation: float
+    teacher_test: float | None  # reported beside the plans' test metric, never used to decide
     limits: dict[str, float]  # model_bytes, arena_bytes, max_metric_drop (what the budgets allow)
     stop_margin: float
     choose: str  # most_accurate | smallest
@@ -189,7 +190,7 @@ def run_trial(config: dict[str, Any], setup: Setup) -> None:
     options = BuildOptions(device=parse_device(setup.device) if setup.device else None, observer=observe)
     record: dict[str, Any] = {"plan": dataclasses.asdict(plan), "name": plan.name}
     if (mismatch := version_mismatch(setup.versions)) is not None:
-        record.update(status="failed", reason=mismatch, missed=[mismatch], seconds=0.0)
+        record.update(status="failed", reason=mismatch, missed=[mismatch], seconds=0.0, node_mismatch=True)
         tune.report({"stage": "preflight", "done": True, **known, "record": record})
         return
     try:
@@ -250,6 +251,7 @@ def _figures(report: dict[str, Any], setup: Setup) -> dict[str, Any]:
         "instructions_per_inference": (firmware.get("instructions") or {}).get("mean"),
         "host_latency_ms": latency.get("mean_ms", next(iter(latency.values()), None)),
         "validation_metric": val,
+        "validation_log_loss": artifact.get("validation_metrics", {}).get("log_loss"),
         "test_metric": artifact["metrics"].get(setup.metric),
         "budgets_met": not missed,
         "missed": missed,
@@ -342,7 +344,7 @@ def search(
     cache_dir = cache_dir.resolve()
     started = time.perf_counter()
     metric = headline(recipe.task, recipe.task == "reconstruction")
-    teacher = _teacher_validation(project, recipe, target, cache_dir, metric.name, reporter)
+    teacher, teacher_test = _teacher_validation(project, recipe, target, cache_dir, metric.name, reporter)
     setup = Setup(
         project=project.resolve(),
         recipe=recipe,
@@ -353,6 +355,7 @@ def search(
         metric=metric.name,
         higher_is_better=metric.higher_is_better,
         teacher_validation=teacher,
+        teacher_test=teacher_test,
         limits=_limits(recipe, target),
         stop_margin=space_table.stop_margin,
         choose=space_table.choose,
@@ -417,6 +420,13 @@ def search(
             hint="run the search again: finished stages come from the cache",
             exit_code=130,
         )
+    mismatched = [r for r in records if r.get("node_mismatch")]
+    if mismatched:  # a setup error, not a plan that missed: say which node, whatever the other trials did
+        raise ConfigError(
+            f"{mismatched[0]['reason']} ({len(mismatched)} trial(s) failed there; every trial is in "
+            f"{out / SEARCH_JSON})",
+            hint="install the driver's edgebuild and pinned versions on that node (or leave it out), then search again",
+        )
     chosen = summary["chosen"]
     test_missed: list[str] = next((r["test_missed"] for r in records if r["name"] == chosen), [])
     if test_missed:  # the validation split could not tell: say so before the user builds it
@@ -437,17 +447,20 @@ def search(
 
 def _teacher_validation(
     project: Path, recipe: Recipe, target: Target, cache_dir: Path, metric: str, reporter: Reporter
-) -> float:
-    """Train (or take from the cache) the teacher once, before any trial; its validation metric."""
+) -> tuple[float, float | None]:
+    """Train (or take from the cache) the teacher once, before any trial; its validation metric, and its
+    test metric to report beside the plans' (None where the split has none)."""
     import tempfile
 
     from edgebuild.pipeline import BuildOptions, build_in
 
     seen: dict[str, float] = {}
+    tested: dict[str, float] = {}
 
     def stop_after_baseline(stage: str, ctx: Any) -> None:
         if stage == "baseline":
             seen.update(ctx.stage_validation_metrics.get("baseline", {}))
+            tested.update(ctx.stage_metrics.get("baseline", {}))
             raise _Enough
 
     reporter.note("the teacher, once for every trial")
@@ -470,7 +483,7 @@ def _teacher_validation(
             f"{recipe.source}: the teacher has no {metric} on the validation split to compare plans with",
             hint="a reconstruction search needs anomaly labels in the validation split; use max_mse_increase",
         )
-    return seen[metric]
+    return seen[metric], tested.get(metric)
 
 
 def _limits(recipe: Recipe, target: Target) -> dict[str, float]:
@@ -502,7 +515,7 @@ def _every_plan(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def _planned(space: dict[str, list[Any]], algorithm: str, trials: int) -> int:
     """How many trials the search runs: every plan for a grid, else ``trials`` distinct plans (or every plan)."""
-    every = len(_every_plan(space))
+    every = math.prod(len(values) for values in space.values())
     return every if algorithm == "grid" else min(trials, every)
 
 
@@ -663,7 +676,10 @@ def _records(
                 "missed": [reason] if reason else [],
             }
         records.append(record)
-    figures = "tflite_bytes arena_bytes instructions_per_inference host_latency_ms validation_metric test_metric"
+    figures = (
+        "tflite_bytes arena_bytes instructions_per_inference host_latency_ms validation_metric validation_log_loss "
+        "test_metric"
+    )
     unknown = {**dict.fromkeys(["status", "reason", "seconds", *figures.split()]), "budgets_met": False}
     return sorted(
         ({**unknown, "missed": [], "test_missed": [], **record, "id": record["name"]} for record in records),
@@ -691,13 +707,22 @@ def pareto(records: list[dict[str, Any]], cost: str, higher_is_better: bool) -> 
 
 
 def choose(records: list[dict[str, Any]], setup: Setup) -> dict[str, Any] | None:
-    """Of the plans that meet every budget, the best validation metric, then the fewest model bytes
-    (``most_accurate``), or the fewest bytes, then the best metric (``smallest``); then the name."""
+    """Of the plans that meet every budget, the best validation metric, then the lowest validation
+    log-loss (classification), then the fewest model bytes (``most_accurate``); or the fewest bytes,
+    then the best metric, then the log-loss (``smallest``); then the name.
+
+    Accuracy on a few hundred images ties often (plans a few images apart); the log-loss of the
+    same predictions tells tied plans apart by how sure their answers were, where bytes would
+    pick the smallest of the tie whatever its quality.
+    """
     sign = 1 if setup.higher_is_better else -1
 
     def rank(r: dict[str, Any]) -> tuple[Any, ...]:
         metric = -sign * round(r["validation_metric"], 9)
-        first = (metric, r["tflite_bytes"]) if setup.choose == "most_accurate" else (r["tflite_bytes"], metric)
+        loss = r.get("validation_log_loss")
+        loss = math.inf if loss is None else round(loss, 9)
+        bytes_ = r["tflite_bytes"]
+        first = (metric, loss, bytes_) if setup.choose == "most_accurate" else (bytes_, metric, loss)
         return (*first, r["name"])
 
     return min((r for r in records if r.get("budgets_met")), key=rank, default=None)
@@ -719,7 +744,7 @@ def summarize(
             "arena_bytes": setup.limits.get("arena_bytes"),
             "max_metric_drop": setup.limits.get("max_metric_drop"),
         },
-        "teacher": {"validation_metric": setup.teacher_validation},
+        "teacher": {"validation_metric": setup.teacher_validation, "test_metric": setup.teacher_test},
         "algorithm": algorithm,
         "trials_asked": trials,
         "seconds": round(seconds, 1),

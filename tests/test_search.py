@@ -160,15 +160,20 @@ def test_the_same_search_on_a_two_node_cluster_and_locally_gives_the_same_front(
     chosen = next(t for t in trials if t["name"] == remote["chosen"])
     assert chosen["budgets_met"] and chosen["name"] in remote["front_bytes"]
     feasible = [t for t in trials if t["budgets_met"]]
-    best = max(t["validation_metric"] for t in feasible)  # the most accurate plan that fits, then the smallest
+    for t in feasible:  # a classifier's validation log-loss, from the int8 model's softmax
+        assert 0 < t["validation_log_loss"] < 10
+    # The most accurate plan that fits; of a tie in accuracy, the lowest log-loss, then the smallest.
+    best = max(t["validation_metric"] for t in feasible)
     assert chosen["validation_metric"] == best
-    assert chosen["tflite_bytes"] == min(t["tflite_bytes"] for t in feasible if t["validation_metric"] == best)
+    tied = [t for t in feasible if t["validation_metric"] == best]
+    assert chosen["validation_log_loss"] == min(t["validation_log_loss"] for t in tied)
     html = (project / "build" / "search" / "tiny" / "m4" / "search.html").read_text()
     assert "<svg" in html and chosen["name"] in html
 
     # The same search on a local Ray: every stage from the shared cache, the same trials and fronts.
     local = _search(project, env)
-    same = ("name", "status", "tflite_bytes", "arena_bytes", "validation_metric", "test_metric", "budgets_met")
+    same = ("name", "status", "tflite_bytes", "arena_bytes", "validation_metric", "validation_log_loss")
+    same += ("test_metric", "budgets_met")
     assert [{k: t.get(k) for k in same} for t in local["trials"]] == [{k: t.get(k) for k in same} for t in trials]
     assert (local["front_bytes"], local["front_arena"], local["chosen"]) == (
         remote["front_bytes"],
@@ -289,6 +294,45 @@ def test_random_search_draws_distinct_plans_with_its_seed() -> None:
     assert len(_param_space(space, "random", 40, 0, tune)["plan"]["grid_search"]) == 12  # every plan, once
 
 
+def test_a_tie_in_accuracy_goes_to_the_lower_log_loss() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from edgebuild.search import Setup, choose
+
+    def trial(name: str, accuracy: float, loss: float | None, size: int, met: bool = True) -> dict[str, object]:
+        return {"name": name, "validation_metric": accuracy, "validation_log_loss": loss, "tflite_bytes": size,
+                "budgets_met": met}  # fmt: skip
+
+    records = [
+        trial("small-unsure", 0.9725, 0.21, 20_000),
+        trial("large-sure", 0.9725, 0.12, 24_000),
+        trial("less-accurate", 0.9700, 0.05, 10_000),
+        trial("over-budget", 0.99, 0.01, 1_000, met=False),
+    ]
+    accurate = cast(Setup, SimpleNamespace(higher_is_better=True, choose="most_accurate"))
+    smallest = cast(Setup, SimpleNamespace(higher_is_better=True, choose="smallest"))
+    assert (choose(records, accurate) or {})["name"] == "large-sure"
+    assert (choose(records, smallest) or {})["name"] == "less-accurate"
+    records[1]["validation_log_loss"] = None  # a record without one (e.g. a regression) ranks after
+    assert (choose(records, accurate) or {})["name"] == "small-unsure"
+
+
+def test_log_loss_of_probabilities_and_of_logits() -> None:
+    import numpy as np
+
+    from edgebuild.tasks import log_loss
+
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0]])
+    labels = np.array([0, 2, 1])
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    expected = -np.mean(np.log(probabilities[np.arange(3), labels]))
+    assert abs(log_loss(probabilities, labels) - expected) < 1e-9
+    assert abs(log_loss(logits, labels) - expected) < 1e-9  # not probabilities: a softmax first
+    int8_softmax = np.array([[1.0, 0.0], [0.5, 0.5]])  # an int8 output of 0 for the true class
+    assert abs(log_loss(int8_softmax, np.array([1, 0])) - (-np.log(1e-4) - np.log(0.5)) / 2) < 1e-9
+
+
 def test_a_node_with_other_versions_is_named() -> None:
     from edgebuild.search import node_versions, version_mismatch
 
@@ -298,3 +342,32 @@ def test_a_node_with_other_versions_is_named() -> None:
     reason = version_mismatch({**here, "tensorflow": "2.0.0"})
     assert reason is not None and f"tensorflow {here['tensorflow']} (the search's 2.0.0)" in reason
     assert "every node of the cluster needs the same" in reason
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_search_with_a_node_of_other_versions_is_exit_2_naming_it(tmp_path: Path) -> None:
+    # The driver (this process's edgebuild, told it has another TensorFlow) against the Ray workers'
+    # real versions: every trial fails on that node, and the search ends as a setup error.
+    project = _project(tmp_path / "project")
+    driver = (
+        "import sys, edgebuild.search as search; real = search.node_versions; "
+        "search.node_versions = lambda: {**real(), 'tensorflow': '2.0.0'}; "
+        "from edgebuild.cli import run; sys.argv[0] = 'edgebuild'; run()"
+    )
+    env = {**os.environ, "EDGEBUILD_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-c", driver, "search", "--target", "m4", "--quiet"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "(the search's 2.0.0)" in line and "every node of the cluster needs the same" in line, line
+    assert "4 trial(s) failed there" in line, line
+    summary = json.loads((project / "build" / "search" / "tiny" / "m4" / "search.json").read_text())
+    assert {t["status"] for t in summary["trials"]} == {"failed"}

@@ -36,7 +36,7 @@ from edgebuild.runners import DEVICE_RUNNERS, OUTPUTS, REFERENCE, Runner
 from edgebuild.runners.litert_host import LiteRTHost
 from edgebuild.runners.opcheck import compare_ops
 from edgebuild.runners.tflm_host import TflmHost, find_min_arena
-from edgebuild.tasks import anomaly_threshold, confusion, describe, evaluate, reconstruction_errors
+from edgebuild.tasks import anomaly_threshold, confusion, describe, evaluate, log_loss, reconstruction_errors
 from edgebuild.tflite import TensorInfo, io_details, make_interpreter, op_names, weight_sparsity
 from edgebuild.training import check_outputs
 
@@ -125,6 +125,8 @@ def run(ctx: BuildContext) -> StageResult:
     if len(ctx.x_val):
         val_outputs = runner.run(ctx.tflite, inputs[0].quantize(ctx.x_val)).outputs
         validation_metrics = evaluate(data.task, outputs[0].dequantize(val_outputs), ctx.y_val)
+        if data.task == "classification":  # what a search breaks a tie in accuracy with
+            validation_metrics["log_loss"] = log_loss(outputs[0].dequantize(val_outputs), ctx.y_val)
         if data.task == "reconstruction":
             threshold = anomaly_threshold(reconstruction_errors(outputs[0].dequantize(val_outputs), ctx.x_val))
     names = op_names(interpreter)
