@@ -241,13 +241,15 @@ def _search_lines(part: dict[str, Any] | None) -> list[str]:
             "of those meeting every budget, the smallest, then the most accurate on validation: `choose = smallest`,"
             " the rule when this was measured; the default is now most accurate first"
             if part.get("choose") == "smallest"
-            else "of those meeting every budget, the most accurate on validation, then the smallest"
+            else "of those meeting every budget, the most accurate on validation, then the lowest validation"
+            " log-loss, then the smallest"
         )
-        + ") scored on the test split, against the script's int8 model of the same seed.",
+        + ") scored on the test split, against the script's int8 model of the same seed; then its recipe"
+        " (`best.toml`) built for cortex-m4, which judges every budget on the test split.",
         "",
         "| seed | chosen plan | bytes | arena | val. accuracy | test accuracy | script bytes | script accuracy"
-        " | trials (stopped, feasible) | search wall | cold build |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | trials (stopped, feasible) | search wall | cold build | best.toml built |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in part["runs"]:
         c, s = r["chosen"], r["script"]
@@ -255,14 +257,20 @@ def _search_lines(part: dict[str, Any] | None) -> list[str]:
             f"| {r['seed']} | {c['plan']} | {c['tflite_bytes']:,} | {c['arena_bytes']:,} | "
             f"{_pct(c['validation_accuracy'])} | {_pct(c['accuracy'])} | {s['tflite_bytes']:,} | "
             f"{_pct(s['accuracy'])} | {r['trials']} ({r['stopped_early']}, {r['feasible']}) | {r['wall_s']} s | "
-            f"{r.get('cold_build_s', '')} s |"
+            f"{r.get('cold_build_s', '')} s | {r.get('best_recipe_build', 'not run')} |"
         )
     lines += [
         "",
         f"Mean bytes ratio {part['bytes_ratio']}; accuracy difference {part['accuracy_diff_points']:+.2f} points"
         + (f" (standard error {se:.2f} over the seeds)" if se is not None else "")
         + f"; a cold build for cortex-m4 took {part['cold_build_s']} s (mean over the seeds), a search"
-        f" {part['wall_ratio']}x that.",
+        f" {part['wall_ratio']}x that."
+        + (
+            f" The chosen recipe built within every budget for {part['best_recipe_builds']} of {len(part['runs'])}"
+            " seeds."
+            if "best_recipe_builds" in part
+            else ""
+        ),
     ]
     return lines
 

@@ -226,7 +226,7 @@ def search_command(
     from edgebuild.devices import parse_device
     from edgebuild.pipeline import resolve
     from edgebuild.progress import Reporter
-    from edgebuild.search import search
+    from edgebuild.search import search, validation_text
 
     project = Path.cwd()
     loaded_recipe, loaded_target = resolve(recipe if recipe is not None else _project_recipe(project), target, project)
@@ -250,9 +250,9 @@ def search_command(
     chosen = next(t for t in summary["trials"] if t["name"] == summary["chosen"])
     click.echo(
         f"searched {len(summary['trials'])} plans of {loaded_recipe.name} for {loaded_target.name} in "
-        f"{summary['seconds'] / 60:.1f} min: chosen {chosen['name']}, {chosen['tflite_bytes']:,} B, validation "
-        f"{summary['metric']} {chosen['validation_metric']:.4g} (test {chosen['test_metric']:.4g}); front of "
-        f"{len(summary['front_bytes'])} in {folder / 'search.html'}; build it with: edgebuild build --recipe "
+        f"{summary['seconds'] / 60:.1f} min: chosen {chosen['name']}, {chosen['tflite_bytes']:,} B, "
+        f"{validation_text(chosen, summary['metric'])} (test {summary['metric']} {chosen['test_metric']:.4g}); "
+        f"front of {len(summary['front_bytes'])} in {folder / 'search.html'}; build it with: edgebuild build --recipe "
         f"{summary['best_recipe']} --target {target}"
     )
 
