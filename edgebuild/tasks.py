@@ -89,8 +89,8 @@ def evaluate(
 
 def log_loss(outputs: np.ndarray, labels: np.ndarray) -> float:
     """The mean cross-entropy of a classifier's outputs against integer ``labels``: a finer score of
-    the same predictions than accuracy (it counts how sure each answer was), used to break a tie
-    in accuracy. Rows that are probabilities (non-negative, summing to 1 within int8's resolution)
+    the same predictions than accuracy (it counts how sure each answer was): what a search ranks
+    a classifier's plans by. Rows that are probabilities (non-negative, summing to 1 within int8's resolution)
     are taken as they are, other rows as logits (softmax). A probability under 1e-4 counts as
     1e-4 (an int8 softmax has steps of 1/256: its 0 is "under 1/512", not "impossible")."""
     outputs = outputs.reshape(len(outputs), -1).astype(np.float64)

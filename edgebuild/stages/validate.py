@@ -125,7 +125,7 @@ def run(ctx: BuildContext) -> StageResult:
     if len(ctx.x_val):
         val_outputs = runner.run(ctx.tflite, inputs[0].quantize(ctx.x_val)).outputs
         validation_metrics = evaluate(data.task, outputs[0].dequantize(val_outputs), ctx.y_val)
-        if data.task == "classification":  # what a search breaks a tie in accuracy with
+        if data.task == "classification":  # what a search ranks plans by (steadier than accuracy)
             validation_metrics["log_loss"] = log_loss(outputs[0].dequantize(val_outputs), ctx.y_val)
         if data.task == "reconstruction":
             threshold = anomaly_threshold(reconstruction_errors(outputs[0].dequantize(val_outputs), ctx.x_val))
