@@ -241,8 +241,8 @@ def _search_lines(part: dict[str, Any] | None) -> list[str]:
             "of those meeting every budget, the smallest, then the most accurate on validation: `choose = smallest`,"
             " the rule when this was measured; the default is now most accurate first"
             if part.get("choose") == "smallest"
-            else "of those meeting every budget, the most accurate on validation, then the lowest validation"
-            " log-loss, then the smallest"
+            else "of those meeting every budget, the lowest validation log-loss, then the most accurate on"
+            " validation, then the smallest: `choose = most_accurate`"
         )
         + ") scored on the test split, against the script's int8 model of the same seed; then its recipe"
         " (`best.toml`) built for cortex-m4, which judges every budget on the test split.",
