@@ -27,7 +27,7 @@ h1{font-size:1.5em;margin:0 0 .3em}h2{font-size:1.15em;margin-top:1.6em;border-b
 .headline{background:#f1f5fa;border-left:4px solid #3b6ea5;padding:.5em .8em}
 table{border-collapse:collapse;margin:.5em 0;font-size:13px}th,td{border:1px solid #ddd;padding:2px 7px}
 th{background:#f3f3f3;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.wide{overflow-x:auto}td.notes{min-width:12em;font-size:12px}
+.wide{overflow-x:auto}td.notes{min-width:12em;font-size:12px}td.key{white-space:nowrap}
 tr.chosen td{background:#fff6d5;font-weight:600}.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}
 figure.figure{margin:.8em 0}figure svg{max-width:100%;height:auto}figcaption{font-size:13px;color:#555}
 .note{color:#777;font-style:italic}.warnings li{color:#8a5a00}"""
@@ -80,11 +80,12 @@ def _metric(name: str, value: object) -> str:
     return f"{value:.2%}" if name == "accuracy" else f"{value:.4g}"
 
 
-_CELL = {"r": ' class="n"', "w": ' class="notes"'}
+_CELL = {"r": ' class="n"', "w": ' class="notes"', "k": ' class="key"'}
 
 
 def _table(head: list[str], rows: list[list[str]], align: str = "", classes: list[str] | None = None) -> str:
-    """A plain table of already formatted (unescaped) cells; ``align`` per column: l, r (numbers) or w (wide text)."""
+    """A plain table of already formatted (unescaped) cells; ``align`` per column: l, r (numbers),
+    w (wide text) or k (a name kept on one line)."""
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for i, row in enumerate(rows):
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
@@ -578,11 +579,23 @@ def _search_summary(search: dict[str, Any]) -> str:
     else:
         text = f"Chosen: {chosen.get('id')} ({_plan_text(chosen.get('plan') or {})}): "
         text += f"{_int(chosen.get('tflite_bytes'))} bytes, validation {metric} "
-        text += f"{_metric(metric, chosen.get('validation_metric'))}, test {_metric(metric, chosen.get('test_metric'))}"
+        text += f"{_metric(metric, chosen.get('validation_metric'))}"
+        if _num(chosen.get("validation_log_loss")):
+            text += f", validation log-loss {chosen['validation_log_loss']:.4f}"
+        text += f", test {_metric(metric, chosen.get('test_metric'))}; {_chosen_by(search, metric)}"
         if search.get("best_recipe"):
             text += f"; its recipe: {search['best_recipe']}"
         verdict = f'<span class="ok">{_e(text)}.</span>'
     return f'<p class="headline">{_e(line)} {verdict}</p>\n'
+
+
+def _chosen_by(search: dict[str, Any], metric: str) -> str:
+    """Why the chosen plan: the rule of the search's ``choose``, in words."""
+    if search.get("choose") == "smallest":
+        return f"of the plans that meet every budget, the fewest bytes (choose = smallest), then the best {metric}"
+    losses = any(_num(t.get("validation_log_loss")) for t in search.get("trials") or [] if isinstance(t, dict))
+    first = "the lowest validation log-loss (the figures show accuracy)" if losses else f"the best validation {metric}"
+    return f"of the plans that meet every budget, {first} (choose = most_accurate)"
 
 
 def _search_figures(search: dict[str, Any]) -> str:
@@ -605,22 +618,23 @@ def _search_table(search: dict[str, Any]) -> str:
     fronts = {i: "bytes" for i in search.get("front_bytes") or []}
     for i in search.get("front_arena") or []:
         fronts[i] = fronts[i] + ", arena" if i in fronts else "arena"
-    head = ["trial", *fields, "status", ".tflite B", "arena B", "instr. / inference", "latency ms"]
-    head += [f"val. {metric}", "val. log-loss", f"test {metric}", "budgets", "front", "s", "why"]
+    counted = any(_num(t.get("instructions_per_inference")) for t in trials)  # only firmware counts them
+    head = ["trial", *fields, "status", ".tflite B", "arena B", *(["instr. / inference"] if counted else [])]
+    head += ["latency ms", f"val. {metric}", "val. log-loss", f"test {metric}", "front", "s", "budgets"]
     rows, classes = [], []
     for t in trials:
         plan = t.get("plan") or {}
         why = "; ".join(dict.fromkeys(str(s) for s in [t.get("reason"), *(t.get("missed") or [])] if s))
         latency = f"{t['host_latency_ms']:.4f}" if _num(t.get("host_latency_ms")) else "-"
-        met = "-" if t.get("status") != "done" else "met" if t.get("budgets_met") else "missed"
+        met = "met" if t.get("budgets_met") else why if t.get("status") != "done" else f"missed: {why}"
         rows.append([str(t.get("id")), *(str(plan.get(k, "-")) for k in fields), str(t.get("status"))])
-        rows[-1] += [_int(t.get(k)) for k in ("tflite_bytes", "arena_bytes", "instructions_per_inference")]
+        rows[-1] += [_int(t.get("tflite_bytes")), _int(t.get("arena_bytes"))]
+        rows[-1] += [_int(t.get("instructions_per_inference"))] if counted else []
         loss = f"{t['validation_log_loss']:.4f}" if _num(t.get("validation_log_loss")) else "-"
         rows[-1] += [latency, _metric(metric, t.get("validation_metric")), loss, _metric(metric, t.get("test_metric"))]
-        rows[-1] += [met]
-        rows[-1] += [fronts.get(t.get("id"), ""), f"{t['seconds']:.0f}" if _num(t.get("seconds")) else "-", why]
+        rows[-1] += [fronts.get(t.get("id"), ""), f"{t['seconds']:.0f}" if _num(t.get("seconds")) else "-", met or "-"]
         classes.append("chosen" if search.get("chosen") and t.get("id") == search.get("chosen") else "")
-    align = "l" * (len(fields) + 2) + "rrrrrrrllrw"
+    align = "k" + "l" * (len(fields) + 1) + "rr" + "r" * counted + "rrrrlrw"
     common = f"<p>Every plan: {_e(_plan_text(same))}.</p>\n" if same else ""
     return "<h2>Trials</h2>\n" + common + _table(head, rows, align, classes)
 

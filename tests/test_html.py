@@ -281,13 +281,22 @@ def test_search_page() -> None:
     assert text == search_html(copy.deepcopy(SEARCH))
     page = check_page(text, SEARCH_FIGURES)
     assert len(page.figures) == 2
-    assert '<tr class="chosen"><td>t003</td>' in text
+    assert '<tr class="chosen"><td class="key">t003</td>' in text
+    assert "the lowest validation log-loss (the figures show accuracy) (choose = most_accurate)" in text
+    assert "<th>instr. / inference</th>" in text and "<th>why</th>" not in text  # the reasons are in "budgets"
+    assert '<td class="notes">missed: arena; drop</td>' in text and '<td class="notes">after pruning</td>' in text
     assert "Every plan: precision int8." in text  # the same in every trial: said once, not a column
     assert text.count("<tr") == 1 + len(SEARCH["trials"])
     assert "8 of 9 trials run (6 done, 1 stopped, 1 failed)" in text and "2 meet every budget" in text
     assert "Teacher: validation accuracy 97.60%, test 97.60%." in text
     assert text.count("after pruning") == 1  # a stopped trial's reason, said once
     assert "<th>val. log-loss</th>" in text and '<td class="n">0.0930</td>' in text  # t003's
+    host_only = copy.deepcopy(SEARCH)
+    for t in host_only["trials"]:
+        t["instructions_per_inference"] = None
+    host_only["choose"] = "smallest"
+    text = search_html(host_only)
+    assert "instr. / inference" not in text and "the fewest bytes (choose = smallest)" in text
     hostile = copy.deepcopy(SEARCH)
     hostile["recipe"] = hostile["trials"][3]["id"] = hostile["chosen"] = HOSTILE
     text = search_html(hostile)
